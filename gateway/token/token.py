@@ -1,0 +1,931 @@
+"""One configured token: sessions, login, capabilities, key lookup and primitives.
+
+Every public method here blocks on the token; call them from worker threads
+(``await token.run(token.method, ...)``), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import functools
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from ctypes import byref, c_ulong
+from typing import Any, Callable, Iterable, TypeVar
+
+from ..errors import AlreadyExists, InvalidInput, NotFound, TokenRefused, TokenUnavailable, Unsupported
+from .capabilities import DIGEST_MECHANISMS, ECDH_KDF_VALUES, HMAC_MECHANISMS, Capabilities
+from .cki import (
+    CK_ECDH1_DERIVE_PARAMS,
+    CK_GCM_PARAMS,
+    CK_HKDF_PARAMS,
+    CK_SALSA20_CHACHA20_POLY1305_PARAMS,
+    CK_UNAVAILABLE_INFORMATION,
+    CKRError,
+    Mechanism,
+    Template,
+    address,
+    byte_buffer,
+)
+from .constants import (
+    CKA,
+    CKF_HKDF_SALT_DATA,
+    CKF_HKDF_SALT_NULL,
+    CKF_LOGIN_REQUIRED,
+    CKF_USER_PIN_LOCKED,
+    CKK,
+    CKM,
+    CKO,
+    CKR,
+    HANDLE_GONE,
+    SESSION_GONE,
+    TOKEN_GONE,
+)
+from .curves import CURVE_BY_PARAMS, KeygenRecipe, candidates, decode_ec_point
+from .module import Module, load_module
+from .peer import normalize_peer
+from .session import PoolStats, Session, SessionPool
+from .settings import TokenSettings
+from .types import Curve, DataObject, EcdhKdf, HashAlg, KeyClass, KeyInfo, SecretSpec, SecretType, Usage
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_SECRET_CKK = {SecretType.AES: CKK.AES, SecretType.GENERIC: CKK.GENERIC_SECRET, SecretType.CHACHA20: CKK.CHACHA20}
+_CKK_SECRET = {v: k for k, v in _SECRET_CKK.items()}
+_CLASS_CKO = {KeyClass.SECRET: CKO.SECRET_KEY, KeyClass.PRIVATE: CKO.PRIVATE_KEY, KeyClass.PUBLIC: CKO.PUBLIC_KEY}
+_CKO_CLASS = {v: k for k, v in _CLASS_CKO.items()}
+_ECDSA = {HashAlg.SHA256: CKM.ECDSA_SHA256, HashAlg.SHA384: CKM.ECDSA_SHA384, HashAlg.SHA512: CKM.ECDSA_SHA512}
+_KEY_ATTRS = (
+    CKA.CLASS, CKA.KEY_TYPE, CKA.ID, CKA.LABEL, CKA.SENSITIVE, CKA.EXTRACTABLE,
+    CKA.ENCRYPT, CKA.SIGN, CKA.DERIVE, CKA.VALUE_LEN, CKA.EC_PARAMS, CKA.EC_POINT,
+)
+_PROBE_ID = b"gateway-capability-probe"
+
+
+class _Gone(Exception):
+    """Internal: the session/login/token went away during an operation."""
+
+
+def _ulong(raw: bytes) -> int:
+    return int.from_bytes(raw, "little") if raw else 0
+
+
+def _der_octets(data: bytes) -> bytes:
+    n = len(data)
+    if n < 0x80:
+        return b"\x04" + bytes([n]) + data
+    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return b"\x04" + bytes([0x80 | len(size)]) + size + data
+
+
+class Token:
+    """A logged-in token with a session pool and a capability set."""
+
+    def __init__(self, settings: TokenSettings) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.module: Module = load_module(settings.module, settings.init_args, settings.environment)
+        self._recover_lock = threading.Lock()
+        self._token_generation = 0
+        self._handles: dict[tuple[bytes, int], tuple[int, Any]] = {}
+        self._handles_lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=settings.sessions, thread_name_prefix=f"pkcs11-{self.name}")
+        self._keygen_probe: dict[Curve, KeygenRecipe] | None = None
+        # Whether the module DER-wraps CKA_EC_POINT per curve (NSS does not for X25519).
+        self._point_der: dict[Curve, bool] = {}
+        self.capabilities = Capabilities(frozenset())
+        self.pool = self._connect()
+
+    # -- connection, capability detection, recovery ------------------------
+
+    def _connect(self, pool: SessionPool | None = None) -> SessionPool:
+        slot, info = self.module.find_slot(self.settings.label, self.settings.serial)
+        if info.flags & CKF_USER_PIN_LOCKED:
+            raise TokenUnavailable(f"token {self.name!r}: the user PIN is locked")
+        self.label = info.label.decode(errors="replace").rstrip()
+        self.serial = info.serialNumber.decode(errors="replace").rstrip()
+        self.model = info.model.decode(errors="replace").rstrip()
+        login_required = bool(info.flags & CKF_LOGIN_REQUIRED)
+        if login_required and self.settings.pin is None:
+            raise TokenUnavailable(f"token {self.name!r} requires a PIN and none is configured")
+        if pool is None:
+            pool = SessionPool(self.module, self.settings.sessions, self.settings.pin, login_required)
+        pool.reset(slot, self._token_generation)
+        try:
+            first = pool.open_session()
+        except CKRError as exc:
+            if exc.rv == CKR.PIN_INCORRECT:
+                raise TokenUnavailable(f"token {self.name!r}: login failed, the PIN is incorrect") from None
+            if exc.rv == CKR.PIN_LOCKED:
+                raise TokenUnavailable(f"token {self.name!r}: the user PIN is locked") from None
+            raise TokenUnavailable(f"token {self.name!r}: cannot open a session ({exc.name})") from None
+        try:
+            self.capabilities = self._detect(first.handle, slot)
+        finally:
+            pool.add_idle(first)
+        return pool
+
+    def _detect(self, session: int, slot: int) -> Capabilities:
+        mechanisms = self.module.mechanisms(slot)
+        if self._keygen_probe is None:
+            self._keygen_probe = self._probe_keygen(session, mechanisms)
+        keygen = self._keygen_probe
+        ecdh_curves: set[Curve] = set()
+        kdfs: set[EcdhKdf] = set()
+        if CKM.ECDH1_DERIVE in mechanisms:
+            kdfs.add(EcdhKdf.NULL)
+            ecdh_curves = {c for c in keygen if c.family != "edwards" and self._probe_ecdh(session, keygen[c], c)}
+            if Curve.P256 in ecdh_curves:
+                for kdf in (EcdhKdf.SHA256, EcdhKdf.SHA384, EcdhKdf.SHA512):
+                    if self._probe_ecdh(session, keygen[Curve.P256], Curve.P256, kdf):
+                        kdfs.add(kdf)
+        hkdf = frozenset()
+        if CKM.HKDF_DERIVE in mechanisms:
+            hkdf = frozenset(h for h in DIGEST_MECHANISMS if self._probe_hkdf(session, h))
+        return Capabilities(
+            mechanisms=mechanisms,
+            keygen=dict(keygen),
+            ecdh_curves=frozenset(ecdh_curves),
+            ecdh_kdfs=frozenset(kdfs),
+            hkdf_hashes=hkdf,
+        )
+
+    def _probe_keygen(self, session: int, mechanisms: frozenset[int]) -> dict[Curve, KeygenRecipe]:
+        found: dict[Curve, KeygenRecipe] = {}
+        for curve in Curve:
+            for recipe in candidates(curve):
+                if recipe.mechanism not in mechanisms:
+                    continue
+                try:
+                    pub, priv = self._gen_pair(session, recipe, _PROBE_ID, "probe", Usage(derive=True, sign=True), False)
+                except CKRError:
+                    continue
+                try:
+                    raw = self._attrs(session, pub, (CKA.EC_POINT,))[CKA.EC_POINT]
+                    decode_ec_point(curve, raw or b"")
+                    found[curve] = KeygenRecipe(recipe.mechanism, recipe.key_type, recipe.ec_params)
+                    self._point_der[curve] = len(raw or b"") != curve.public_bytes
+                except (CKRError, ValueError):
+                    continue
+                finally:
+                    self._destroy_handles(session, (priv, pub))
+                break
+        return found
+
+    def _probe_ecdh(self, session: int, recipe: KeygenRecipe, curve: Curve, kdf: EcdhKdf = EcdhKdf.NULL) -> bool:
+        try:
+            pub, priv = self._gen_pair(session, recipe, _PROBE_ID, "probe", Usage(derive=True), False)
+        except CKRError:
+            return False
+        try:
+            point = decode_ec_point(curve, self._attrs(session, pub, (CKA.EC_POINT,))[CKA.EC_POINT] or b"")
+            spec = SecretSpec(_PROBE_ID, "probe", SecretType.GENERIC, 16, Usage(), token=False)
+            out = self._ecdh(session, priv, point, spec, kdf, b"probe" if kdf is not EcdhKdf.NULL else b"")
+            self._destroy_handles(session, (out,))
+            return True
+        except (CKRError, ValueError):
+            return False
+        finally:
+            self._destroy_handles(session, (priv, pub))
+
+    def _probe_hkdf(self, session: int, hash_alg: HashAlg) -> bool:
+        base = None
+        try:
+            base = self._generate_secret(session, SecretSpec(_PROBE_ID, "probe", SecretType.GENERIC, 32, Usage(derive=True), token=False))
+            out = self._hkdf(session, base, None, b"probe", hash_alg, SecretSpec(_PROBE_ID, "probe", SecretType.GENERIC, 32, Usage(), token=False))
+            self._destroy_handles(session, (out,))
+            return True
+        except CKRError:
+            return False
+        finally:
+            if base is not None:
+                self._destroy_handles(session, (base,))
+
+    def _recover(self, failed: tuple[int, int]) -> None:
+        """Reopen sessions and log in again; re-initialise the module if that fails."""
+        with self._recover_lock:
+            if self.pool.generation != failed and self.pool.generation[0] == self.module.generation:
+                return  # another thread recovered already
+            self._token_generation += 1
+            if self.module.generation == failed[0]:
+                try:
+                    self.module.fn.raw("C_CloseAllSessions")(self.pool.slot)
+                    self._connect(self.pool)
+                    log.warning("token %s: sessions reopened after the token dropped them", self.name)
+                    return
+                except (CKRError, TokenUnavailable) as exc:
+                    log.warning("token %s: reopening sessions failed (%s); re-initialising the module", self.name, exc)
+                try:
+                    self.module.reinitialize(failed[0])
+                except CKRError as exc:
+                    raise TokenUnavailable(f"token {self.name!r} is unavailable ({exc.name})") from None
+            # Handles are only valid within one initialisation of the module.
+            with self._handles_lock:
+                self._handles.clear()
+            self._keygen_probe = None
+            try:
+                self._connect(self.pool)
+            except CKRError as exc:
+                raise TokenUnavailable(f"token {self.name!r} is unavailable ({exc.name})") from None
+            log.warning("token %s: module re-initialised and logged in again", self.name)
+
+    def _call(self, op: Callable[[Session], T], *, retry_check: Callable[[Session], T | None] | None = None) -> T:
+        """Run ``op`` on a pooled session; on a lost session/login/token, recover and retry once.
+
+        ``retry_check`` makes creating calls safe to retry: it looks for the
+        object the first attempt may already have made (by its CKA_ID).
+        """
+        for attempt in range(2):
+            try:
+                session = self.pool.acquire()
+            except CKRError as exc:
+                if attempt or not (exc.rv in SESSION_GONE or exc.rv in TOKEN_GONE):
+                    raise TokenUnavailable(f"token {self.name!r} is unavailable ({exc.name})") from None
+                self._recover(self.pool.generation)
+                continue
+            try:
+                if attempt and retry_check is not None:
+                    found = retry_check(session)
+                    if found is not None:
+                        return found
+                return op(session)
+            except CKRError as exc:
+                if exc.rv in SESSION_GONE or exc.rv in TOKEN_GONE:
+                    session.broken = True
+                    if attempt:
+                        raise TokenUnavailable(f"token {self.name!r} is unavailable ({exc.name})") from None
+                    self._recover(session.generation)
+                    continue
+                raise self._translate(exc) from None
+            finally:
+                self.pool.release(session)
+        raise TokenUnavailable(f"token {self.name!r} is unavailable")
+
+    def _translate(self, exc: CKRError) -> Exception:
+        if exc.rv in HANDLE_GONE:
+            return NotFound("the key no longer exists in the token")
+        if exc.rv in (CKR.MECHANISM_INVALID, CKR.FUNCTION_NOT_SUPPORTED, CKR.CURVE_NOT_SUPPORTED):
+            return Unsupported(f"the token refused the mechanism ({exc.name})", exc.name)
+        if exc.rv in (CKR.ENCRYPTED_DATA_INVALID, CKR.ENCRYPTED_DATA_LEN_RANGE):
+            return InvalidInput("decryption failed: the ciphertext or its tag is not authentic")
+        if exc.rv in (CKR.TOKEN_WRITE_PROTECTED, CKR.DEVICE_MEMORY, CKR.PIN_LOCKED):
+            return TokenUnavailable(f"token {self.name!r} cannot serve the request ({exc.name})")
+        return TokenRefused(f"the token refused {exc.function} ({exc.name})", exc.name)
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking adapter call on this token's worker threads."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    def pool_stats(self) -> PoolStats:
+        return self.pool.stats()
+
+    def is_ready(self) -> bool:
+        """Reachable and logged in: a cheap call on a pooled session."""
+        try:
+            self._call(lambda s: self._find(s, {CKA.CLASS: CKO.DATA, CKA.APPLICATION: b"gateway-ready"}, 1))
+            return True
+        except Exception:  # noqa: BLE001 - readiness reports, never raises
+            return False
+
+    def close(self) -> None:
+        self.pool.close_all()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- low-level helpers (take a session handle) -------------------------
+
+    def _find(self, session: int, attrs: dict[int, Any], limit: int = 0) -> list[int]:
+        fn = self.module.fn
+        tpl = Template(attrs)
+        fn("C_FindObjectsInit", session, tpl.pointer, tpl.count)
+        found: list[int] = []
+        try:
+            batch = (c_ulong * 64)()
+            count = c_ulong()
+            while True:
+                fn("C_FindObjects", session, batch, 64, byref(count))
+                found.extend(batch[: count.value])
+                if count.value < 64 or (limit and len(found) >= limit):
+                    break
+        finally:
+            fn.raw("C_FindObjectsFinal")(session)
+        return found[:limit] if limit else found
+
+    def _attrs(self, session: int, handle: int, types: Iterable[int]) -> dict[int, bytes | None]:
+        """Read attributes; ones the object lacks or keeps secret come back None."""
+        types = tuple(types)
+        from .cki import CK_ATTRIBUTE
+
+        arr = (CK_ATTRIBUTE * len(types))()
+        for i, t in enumerate(types):
+            arr[i].type, arr[i].pValue, arr[i].ulValueLen = t, None, 0
+        rv = self.module.fn.raw("C_GetAttributeValue")(session, handle, arr, len(types))
+        if rv not in (CKR.OK, CKR.ATTRIBUTE_SENSITIVE, CKR.ATTRIBUTE_TYPE_INVALID):
+            raise CKRError(rv, "C_GetAttributeValue")
+        bufs: list[Any] = []
+        for i in range(len(types)):
+            size = arr[i].ulValueLen
+            if size == CK_UNAVAILABLE_INFORMATION:
+                arr[i].ulValueLen = 0
+                bufs.append(None)
+                continue
+            buf = ctypes.create_string_buffer(max(size, 1))
+            bufs.append(buf)
+            arr[i].pValue = ctypes.cast(buf, ctypes.c_void_p)
+        rv = self.module.fn.raw("C_GetAttributeValue")(session, handle, arr, len(types))
+        if rv not in (CKR.OK, CKR.ATTRIBUTE_SENSITIVE, CKR.ATTRIBUTE_TYPE_INVALID):
+            raise CKRError(rv, "C_GetAttributeValue")
+        out: dict[int, bytes | None] = {}
+        for i, t in enumerate(types):
+            buf = bufs[i]
+            size = arr[i].ulValueLen
+            out[t] = None if buf is None or size == CK_UNAVAILABLE_INFORMATION else buf.raw[:size]
+        return out
+
+    def _destroy_handles(self, session: int, handles: Iterable[int | None]) -> None:
+        for handle in handles:
+            if handle is not None:
+                self.module.fn.raw("C_DestroyObject")(session, handle)
+
+    def _secret_template(self, spec: SecretSpec) -> dict[int, Any]:
+        # Tokens' defaults differ (NSS: extractable; SoftHSM: AES length 32 when
+        # unset), so every protective attribute is set explicitly.
+        return {
+            CKA.CLASS: CKO.SECRET_KEY,
+            CKA.KEY_TYPE: _SECRET_CKK[spec.kind],
+            CKA.TOKEN: spec.token,
+            CKA.PRIVATE: True,
+            CKA.SENSITIVE: True,
+            CKA.EXTRACTABLE: False,
+            CKA.VALUE_LEN: spec.length,
+            CKA.ID: spec.kid,
+            CKA.LABEL: spec.label,
+            CKA.ENCRYPT: spec.usage.encrypt,
+            CKA.DECRYPT: spec.usage.encrypt,
+            CKA.SIGN: spec.usage.sign,
+            CKA.VERIFY: spec.usage.sign,
+            CKA.DERIVE: spec.usage.derive,
+            CKA.WRAP: False,
+            CKA.UNWRAP: False,
+        }
+
+    def _generate_secret(self, session: int, spec: SecretSpec) -> int:
+        mech = {SecretType.AES: CKM.AES_KEY_GEN, SecretType.GENERIC: CKM.GENERIC_SECRET_KEY_GEN, SecretType.CHACHA20: CKM.CHACHA20_KEY_GEN}[spec.kind]
+        tpl = Template(self._secret_template(spec))
+        out = c_ulong()
+        self.module.fn("C_GenerateKey", session, Mechanism(mech).pointer, tpl.pointer, tpl.count, byref(out))
+        return out.value
+
+    def _gen_pair(self, session: int, recipe: KeygenRecipe, kid: bytes, label: str, usage: Usage, token: bool) -> tuple[int, int]:
+        pub = Template({
+            CKA.CLASS: CKO.PUBLIC_KEY, CKA.TOKEN: token, CKA.PRIVATE: False, CKA.EC_PARAMS: recipe.ec_params,
+            CKA.ID: kid, CKA.LABEL: label, CKA.VERIFY: usage.sign, CKA.DERIVE: usage.derive,
+        })
+        priv = Template({
+            CKA.CLASS: CKO.PRIVATE_KEY, CKA.TOKEN: token, CKA.PRIVATE: True, CKA.SENSITIVE: True,
+            CKA.EXTRACTABLE: False, CKA.ID: kid, CKA.LABEL: label, CKA.SIGN: usage.sign,
+            CKA.DERIVE: usage.derive,
+        })
+        h_pub, h_priv = c_ulong(), c_ulong()
+        self.module.fn(
+            "C_GenerateKeyPair", session, Mechanism(recipe.mechanism).pointer,
+            pub.pointer, pub.count, priv.pointer, priv.count, byref(h_pub), byref(h_priv),
+        )
+        return h_pub.value, h_priv.value
+
+    def _derive(self, session: int, mech: Mechanism, base: int, spec: SecretSpec, extra: dict[int, Any] | None = None) -> int:
+        attrs = self._secret_template(spec)
+        if extra:
+            attrs.update(extra)
+        tpl = Template(attrs)
+        out = c_ulong()
+        self.module.fn("C_DeriveKey", session, mech.pointer, base, tpl.pointer, tpl.count, byref(out))
+        return out.value
+
+    def _ecdh(self, session: int, base: int, point: bytes, spec: SecretSpec, kdf: EcdhKdf, shared: bytes, extra: dict[int, Any] | None = None) -> int:
+        pub_buf, shared_buf = byte_buffer(point), byte_buffer(shared)
+        params = CK_ECDH1_DERIVE_PARAMS(ECDH_KDF_VALUES[kdf], len(shared), address(shared_buf), len(point), address(pub_buf))
+        return self._derive(session, Mechanism(CKM.ECDH1_DERIVE, params, (pub_buf, shared_buf)), base, spec, extra)
+
+    def _hkdf(self, session: int, base: int, salt: bytes | None, info: bytes, hash_alg: HashAlg, spec: SecretSpec) -> int:
+        salt_buf, info_buf = byte_buffer(salt or b""), byte_buffer(info)
+        params = CK_HKDF_PARAMS(
+            1, 1, DIGEST_MECHANISMS[hash_alg],
+            CKF_HKDF_SALT_DATA if salt else CKF_HKDF_SALT_NULL,
+            address(salt_buf), len(salt or b""), 0, address(info_buf), len(info),
+        )
+        return self._derive(session, Mechanism(CKM.HKDF_DERIVE, params, (salt_buf, info_buf)), base, spec)
+
+    # -- key lookup with a handle cache ------------------------------------
+
+    def _key(self, session: int, kid: bytes, cls: int) -> tuple[int, Any]:
+        """Handle and static facts of the key ``kid`` of class ``cls``.
+
+        SoftHSM2's C_FindObjects scans every object, so handles are cached per
+        process.  A cached handle is confirmed by reading its CKA_ID (one cheap
+        call), which also catches objects destroyed by another process.
+        """
+        key = (kid, cls)
+        with self._handles_lock:
+            cached = self._handles.get(key)
+        if cached is not None:
+            try:
+                if self._attrs(session, cached[0], (CKA.ID,))[CKA.ID] == kid:
+                    return cached
+            except CKRError as exc:
+                if exc.rv not in HANDLE_GONE:
+                    raise
+            with self._handles_lock:
+                self._handles.pop(key, None)
+        found = self._find(session, {CKA.TOKEN: True, CKA.CLASS: cls, CKA.ID: kid}, 1)
+        if not found:
+            raise NotFound(f"no key with kid {kid.hex()} in token {self.name!r}")
+        handle = found[0]
+        attrs = self._attrs(session, handle, (CKA.KEY_TYPE, CKA.EC_PARAMS, CKA.VALUE_LEN))
+        facts: Any
+        if cls == CKO.SECRET_KEY:
+            facts = (_CKK_SECRET.get(_ulong(attrs[CKA.KEY_TYPE] or b"")), _ulong(attrs[CKA.VALUE_LEN] or b""))
+        else:
+            facts = CURVE_BY_PARAMS.get(attrs[CKA.EC_PARAMS] or b"")
+        entry = (handle, facts)
+        with self._handles_lock:
+            self._handles[key] = entry
+        return entry
+
+    def _forget(self, kid: bytes) -> None:
+        with self._handles_lock:
+            for cls in (CKO.SECRET_KEY, CKO.PRIVATE_KEY, CKO.PUBLIC_KEY):
+                self._handles.pop((kid, cls), None)
+
+    def _private(self, session: int, kid: bytes) -> tuple[int, Curve]:
+        handle, curve = self._key(session, kid, CKO.PRIVATE_KEY)
+        if curve is None:
+            raise InvalidInput(f"key {kid.hex()} is not an elliptic-curve key this gateway knows")
+        return handle, curve
+
+    def _secret(self, session: int, kid: bytes) -> tuple[int, SecretType | None, int]:
+        handle, (kind, length) = self._key(session, kid, CKO.SECRET_KEY)
+        return handle, kind, length
+
+    def _public_point(self, session: int, kid: bytes) -> tuple[Curve, bytes]:
+        handle, curve = self._key(session, kid, CKO.PUBLIC_KEY)
+        if curve is None:
+            raise InvalidInput(f"key {kid.hex()} is not an elliptic-curve key this gateway knows")
+        raw = self._attrs(session, handle, (CKA.EC_POINT,))[CKA.EC_POINT] or b""
+        return curve, decode_ec_point(curve, raw)
+
+    def _with_handle_retry(self, session: Session, kid: bytes, op: Callable[[], T]) -> T:
+        """Run ``op``; if the cached handle vanished meanwhile, look the key up again once."""
+        try:
+            return op()
+        except CKRError as exc:
+            if exc.rv not in HANDLE_GONE:
+                raise
+            self._forget(kid)
+            return op()
+
+    def _exists(self, kid: bytes, cls: int) -> Callable[[Session], KeyInfo | None]:
+        def check(session: Session) -> KeyInfo | None:
+            found = self._find(session.handle, {CKA.TOKEN: True, CKA.CLASS: cls, CKA.ID: kid}, 1)
+            return self._info(session.handle, kid) if found else None
+        return check
+
+    def _refuse_duplicate(self, session: int, kid: bytes) -> None:
+        if self._find(session, {CKA.TOKEN: True, CKA.ID: kid}, 1):
+            raise AlreadyExists(f"a key with kid {kid.hex()} exists already")
+
+    # -- KeyInfo -------------------------------------------------------------
+
+    def _info(self, session: int, kid: bytes) -> KeyInfo:
+        objs = self._find(session, {CKA.TOKEN: True, CKA.ID: kid})
+        infos = [self._object_info(session, h) for h in objs]
+        infos = [i for i in infos if i is not None]
+        if not infos:
+            raise NotFound(f"no key with kid {kid.hex()} in token {self.name!r}")
+        return self._merge(infos)
+
+    def _object_info(self, session: int, handle: int) -> KeyInfo | None:
+        a = self._attrs(session, handle, _KEY_ATTRS)
+        cls = _CKO_CLASS.get(_ulong(a[CKA.CLASS] or b""))
+        if cls is None:
+            return None
+        curve = CURVE_BY_PARAMS.get(a[CKA.EC_PARAMS] or b"") if a[CKA.EC_PARAMS] else None
+        public = None
+        if cls is KeyClass.PUBLIC and curve is not None and a[CKA.EC_POINT]:
+            try:
+                public = decode_ec_point(curve, a[CKA.EC_POINT])
+            except ValueError:
+                public = None
+
+        def flag(t: int) -> bool:
+            return bool(a[t]) and a[t] != b"\x00"
+
+        return KeyInfo(
+            kid=a[CKA.ID] or b"",
+            label=(a[CKA.LABEL] or b"").decode(errors="replace"),
+            key_class=cls,
+            secret_type=_CKK_SECRET.get(_ulong(a[CKA.KEY_TYPE] or b"")) if cls is KeyClass.SECRET else None,
+            length=_ulong(a[CKA.VALUE_LEN] or b"") if cls is KeyClass.SECRET else None,
+            curve=curve,
+            public_key=public,
+            sensitive=flag(CKA.SENSITIVE) if a[CKA.SENSITIVE] is not None else None,
+            extractable=flag(CKA.EXTRACTABLE) if a[CKA.EXTRACTABLE] is not None else None,
+            usage=Usage(encrypt=flag(CKA.ENCRYPT), sign=flag(CKA.SIGN), derive=flag(CKA.DERIVE)),
+            token_name=self.name,
+        )
+
+    @staticmethod
+    def _merge(infos: list[KeyInfo]) -> KeyInfo:
+        """A key pair is two objects with one CKA_ID: report the private half with the public point."""
+        by_class = {i.key_class: i for i in infos}
+        main = by_class.get(KeyClass.PRIVATE) or by_class.get(KeyClass.SECRET) or by_class[KeyClass.PUBLIC]
+        pub = by_class.get(KeyClass.PUBLIC)
+        if main.key_class is KeyClass.PRIVATE and pub is not None:
+            from dataclasses import replace
+
+            return replace(main, public_key=pub.public_key, usage=Usage(
+                encrypt=main.usage.encrypt, sign=main.usage.sign, derive=main.usage.derive))
+        return main
+
+    # -- public primitives -----------------------------------------------------
+
+    def generate_secret(self, spec: SecretSpec) -> KeyInfo:
+        self.capabilities.require_secret(spec.kind)
+        if spec.length not in spec.kind.valid_lengths():
+            raise InvalidInput(f"{spec.kind.value} keys cannot be {spec.length} bytes long")
+
+        def op(s: Session) -> KeyInfo:
+            self._refuse_duplicate(s.handle, spec.kid)
+            self._generate_secret(s.handle, spec)
+            return self._info(s.handle, spec.kid)
+
+        return self._call(op, retry_check=self._exists(spec.kid, CKO.SECRET_KEY))
+
+    def generate_keypair(self, kid: bytes, label: str, curve: Curve, usage: Usage) -> KeyInfo:
+        recipe = self.capabilities.require_curve(curve)
+        if usage.derive and curve not in self.capabilities.ecdh_curves:
+            self.capabilities.require_ecdh(curve)
+
+        def op(s: Session) -> KeyInfo:
+            self._refuse_duplicate(s.handle, kid)
+            self._gen_pair(s.handle, recipe, kid, label, usage, True)
+            return self._info(s.handle, kid)
+
+        return self._call(op, retry_check=self._exists(kid, CKO.PRIVATE_KEY))
+
+    def import_public_key(self, kid: bytes, label: str, curve: Curve, public_key: bytes, usage: Usage = Usage(derive=True, sign=True)) -> KeyInfo:
+        """Store a peer's public key (any accepted encoding) as a token object."""
+        recipe = self.capabilities.require_curve(curve)
+        if curve.family == "edwards":
+            if len(public_key) != curve.public_bytes:
+                raise InvalidInput(f"a {curve.value} public key is {curve.public_bytes} bytes, got {len(public_key)}")
+            point = public_key
+        else:
+            point = normalize_peer(curve, public_key)
+        encoded = _der_octets(point) if self._point_der.get(curve, True) else point
+
+        def op(s: Session) -> KeyInfo:
+            self._refuse_duplicate(s.handle, kid)
+            tpl = Template({
+                CKA.CLASS: CKO.PUBLIC_KEY, CKA.KEY_TYPE: recipe.key_type, CKA.TOKEN: True, CKA.PRIVATE: False,
+                CKA.EC_PARAMS: recipe.ec_params, CKA.EC_POINT: encoded, CKA.ID: kid, CKA.LABEL: label,
+                CKA.VERIFY: usage.sign, CKA.DERIVE: usage.derive,
+            })
+            out = c_ulong()
+            self.module.fn("C_CreateObject", s.handle, tpl.pointer, tpl.count, byref(out))
+            return self._info(s.handle, kid)
+
+        return self._call(op, retry_check=self._exists(kid, CKO.PUBLIC_KEY))
+
+    def import_secret(self, spec: SecretSpec, value: bytes) -> KeyInfo:
+        """Create a sensitive secret key from a known value.
+
+        Only for tests and explicit admin imports: the core gates it behind a
+        policy flag.  The value is not kept after the call.
+        """
+        self.capabilities.require_secret(spec.kind)
+        if len(value) != spec.length:
+            raise InvalidInput(f"the key value is {len(value)} bytes, expected {spec.length}")
+
+        def op(s: Session) -> KeyInfo:
+            self._refuse_duplicate(s.handle, spec.kid)
+            attrs = self._secret_template(spec)
+            del attrs[CKA.VALUE_LEN]
+            attrs[CKA.VALUE] = value
+            tpl = Template(attrs)
+            out = c_ulong()
+            self.module.fn("C_CreateObject", s.handle, tpl.pointer, tpl.count, byref(out))
+            return self._info(s.handle, spec.kid)
+
+        return self._call(op, retry_check=self._exists(spec.kid, CKO.SECRET_KEY))
+
+    def ecdh_derive(
+        self,
+        base_kid: bytes,
+        out: SecretSpec,
+        *,
+        peer: bytes | None = None,
+        peer_kid: bytes | None = None,
+        kdf: EcdhKdf = EcdhKdf.NULL,
+        shared_data: bytes = b"",
+    ) -> KeyInfo:
+        """CKM_ECDH1_DERIVE of a stored private key with a peer, into a new secret key.
+
+        With CKD_NULL and a key shorter than the shared secret Z, tokens keep
+        the last bytes of Z.
+        """
+        self.capabilities.require_secret(out.kind)
+
+        def op(s: Session) -> KeyInfo:
+            base, curve, point = self._ecdh_inputs(s.handle, base_kid, peer, peer_kid, kdf)
+            if kdf is EcdhKdf.NULL and out.length > curve.field_bytes:
+                raise InvalidInput(f"the {curve.value} shared secret is {curve.field_bytes} bytes, shorter than the {out.length}-byte key asked for")
+            if out.token:
+                self._refuse_duplicate(s.handle, out.kid)
+            self._with_handle_retry(s, base_kid, lambda: self._ecdh(s.handle, self._private(s.handle, base_kid)[0], point, out, kdf, shared_data))
+            return self._info(s.handle, out.kid)
+
+        return self._call(op, retry_check=self._exists(out.kid, CKO.SECRET_KEY))
+
+    def _ecdh_inputs(self, session: int, base_kid: bytes, peer: bytes | None, peer_kid: bytes | None, kdf: EcdhKdf) -> tuple[int, Curve, bytes]:
+        base, curve = self._private(session, base_kid)
+        self.capabilities.require_ecdh(curve, kdf)
+        if peer_kid is not None:
+            peer_curve, point = self._public_point(session, peer_kid)
+            if peer_curve is not curve:
+                raise InvalidInput(f"the peer key {peer_kid.hex()} is on {peer_curve.value}, the base key on {curve.value}")
+        elif peer is not None:
+            point = normalize_peer(curve, peer)
+        else:
+            raise InvalidInput("a peer public key or a peer kid is required")
+        return base, curve, point
+
+    def ecdh_hkdf_derive(
+        self,
+        base_kid: bytes,
+        out: SecretSpec,
+        *,
+        salt: bytes | None,
+        info: bytes,
+        hash_alg: HashAlg = HashAlg.SHA256,
+        peer: bytes | None = None,
+        peer_kid: bytes | None = None,
+    ) -> KeyInfo:
+        """ECDH into a session secret Z, then CKM_HKDF_DERIVE into the stored key; Z never leaves the token."""
+        self.capabilities.require_hkdf(hash_alg)
+        self.capabilities.require_secret(out.kind)
+
+        def op(s: Session) -> KeyInfo:
+            base, curve, point = self._ecdh_inputs(s.handle, base_kid, peer, peer_kid, EcdhKdf.NULL)
+            if out.token:
+                self._refuse_duplicate(s.handle, out.kid)
+            z_spec = SecretSpec(out.kid, "ecdh-z", SecretType.GENERIC, curve.field_bytes, Usage(derive=True), token=False)
+            z = self._with_handle_retry(s, base_kid, lambda: self._ecdh(s.handle, self._private(s.handle, base_kid)[0], point, z_spec, EcdhKdf.NULL, b""))
+            try:
+                self._hkdf(s.handle, z, salt, info, hash_alg, out)
+            finally:
+                self._destroy_handles(s.handle, (z,))
+            return self._info(s.handle, out.kid)
+
+        return self._call(op, retry_check=self._exists(out.kid, CKO.SECRET_KEY))
+
+    def hkdf_derive(self, base_kid: bytes, out: SecretSpec, *, salt: bytes | None, info: bytes, hash_alg: HashAlg = HashAlg.SHA256) -> KeyInfo:
+        """CKM_HKDF_DERIVE (extract and expand) of a stored secret key into a new secret key."""
+        self.capabilities.require_hkdf(hash_alg)
+        self.capabilities.require_secret(out.kind)
+
+        def op(s: Session) -> KeyInfo:
+            self._secret(s.handle, base_kid)
+            if out.token:
+                self._refuse_duplicate(s.handle, out.kid)
+            self._with_handle_retry(s, base_kid, lambda: self._hkdf(s.handle, self._secret(s.handle, base_kid)[0], salt, info, hash_alg, out))
+            return self._info(s.handle, out.kid)
+
+        return self._call(op, retry_check=self._exists(out.kid, CKO.SECRET_KEY))
+
+    def ecdh_secret(self, base_kid: bytes, *, peer: bytes | None = None, peer_kid: bytes | None = None) -> bytes:
+        """The raw ECDH shared secret Z, for the one API call whose caller asks for secret bytes.
+
+        Z is derived as a non-sensitive session object, read once and destroyed.
+        """
+
+        def op(s: Session) -> bytes:
+            base, curve, point = self._ecdh_inputs(s.handle, base_kid, peer, peer_kid, EcdhKdf.NULL)
+            spec = SecretSpec(b"", "ecdh", SecretType.GENERIC, curve.field_bytes, Usage(), token=False)
+            extra = {CKA.SENSITIVE: False, CKA.EXTRACTABLE: True}
+            z = self._with_handle_retry(s, base_kid, lambda: self._ecdh(s.handle, self._private(s.handle, base_kid)[0], point, spec, EcdhKdf.NULL, b"", extra))
+            try:
+                value = self._attrs(s.handle, z, (CKA.VALUE,))[CKA.VALUE]
+            finally:
+                self._destroy_handles(s.handle, (z,))
+            if value is None:
+                raise TokenRefused("the token would not reveal the ECDH secret", "CKR_ATTRIBUTE_SENSITIVE")
+            return value
+
+        return self._call(op)
+
+    # -- using keys ----------------------------------------------------------
+
+    def _crypt(self, kid: bytes, mechanism: int, param: Any, keep: tuple[Any, ...], data: bytes, decrypt: bool) -> bytes:
+        init, call = ("C_DecryptInit", "C_Decrypt") if decrypt else ("C_EncryptInit", "C_Encrypt")
+
+        def once(s: Session) -> bytes:
+            handle = self._secret(s.handle, kid)[0]
+            fn = self.module.fn
+            mech = Mechanism(mechanism, param, keep)
+            fn(init, s.handle, mech.pointer, handle)
+            size = c_ulong(len(data) + 64)
+            out = ctypes.create_string_buffer(size.value)
+            src = ctypes.create_string_buffer(data, len(data))
+            fn(call, s.handle, src, len(data), out, byref(size))
+            return out.raw[: size.value]
+
+        return self._call(lambda s: self._with_handle_retry(s, kid, lambda: once(s)))
+
+    def aes_gcm(self, kid: bytes, iv: bytes, data: bytes, aad: bytes = b"", *, decrypt: bool = False, tag_bits: int = 128) -> bytes:
+        """AES-GCM in the token; ciphertext is followed by the tag (PKCS#11 convention)."""
+        self.capabilities.require_mechanism(CKM.AES_GCM, "encrypt with AES-GCM")
+        iv_buf, aad_buf = byte_buffer(iv), byte_buffer(aad)
+        params = CK_GCM_PARAMS(address(iv_buf), len(iv), len(iv) * 8, address(aad_buf), len(aad), tag_bits)
+        return self._crypt(kid, CKM.AES_GCM, params, (iv_buf, aad_buf), data, decrypt)
+
+    def chacha20_poly1305(self, kid: bytes, nonce: bytes, data: bytes, aad: bytes = b"", *, decrypt: bool = False) -> bytes:
+        """ChaCha20-Poly1305 (RFC 8439) in the token; ciphertext followed by the 16-byte tag."""
+        self.capabilities.require_mechanism(CKM.CHACHA20_POLY1305, "encrypt with ChaCha20-Poly1305")
+        if len(nonce) != 12:
+            raise InvalidInput("a ChaCha20-Poly1305 nonce is 12 bytes")
+        n_buf, aad_buf = byte_buffer(nonce), byte_buffer(aad)
+        params = CK_SALSA20_CHACHA20_POLY1305_PARAMS(address(n_buf), len(nonce), address(aad_buf), len(aad))
+        return self._crypt(kid, CKM.CHACHA20_POLY1305, params, (n_buf, aad_buf), data, decrypt)
+
+    def _sign_op(self, kid: bytes, cls: int, mechanism: int, data: bytes, signature: bytes | None) -> bytes | bool:
+        def once(s: Session) -> bytes | bool:
+            handle = self._key(s.handle, kid, cls)[0]
+            fn = self.module.fn
+            mech = Mechanism(mechanism)
+            src = ctypes.create_string_buffer(data, len(data))
+            if signature is None:
+                fn("C_SignInit", s.handle, mech.pointer, handle)
+                size = c_ulong(512)
+                out = ctypes.create_string_buffer(size.value)
+                fn("C_Sign", s.handle, src, len(data), out, byref(size))
+                return out.raw[: size.value]
+            fn("C_VerifyInit", s.handle, mech.pointer, handle)
+            sig = ctypes.create_string_buffer(signature, len(signature))
+            rv = fn.raw("C_Verify")(s.handle, src, len(data), sig, len(signature))
+            if rv in (CKR.SIGNATURE_INVALID, CKR.SIGNATURE_LEN_RANGE):
+                return False
+            if rv != CKR.OK:
+                raise CKRError(rv, "C_Verify")
+            return True
+
+        return self._call(lambda s: self._with_handle_retry(s, kid, lambda: once(s)))
+
+    def hmac(self, kid: bytes, hash_alg: HashAlg, data: bytes) -> bytes:
+        self.capabilities.require_hmac(hash_alg)
+        return self._sign_op(kid, CKO.SECRET_KEY, HMAC_MECHANISMS[hash_alg], data, None)  # type: ignore[return-value]
+
+    def hmac_verify(self, kid: bytes, hash_alg: HashAlg, data: bytes, mac: bytes) -> bool:
+        self.capabilities.require_hmac(hash_alg)
+        return self._sign_op(kid, CKO.SECRET_KEY, HMAC_MECHANISMS[hash_alg], data, mac)  # type: ignore[return-value]
+
+    def _signature_mechanism(self, curve: Curve, hash_alg: HashAlg | None) -> int:
+        if curve.family == "edwards":
+            self.capabilities.require_mechanism(CKM.EDDSA, f"sign with {curve.value}")
+            return CKM.EDDSA
+        if curve.family == "montgomery":
+            raise InvalidInput(f"{curve.value} keys cannot sign")
+        mech = _ECDSA[hash_alg or HashAlg.SHA256] if hash_alg in _ECDSA or hash_alg is None else None
+        if mech is None:
+            raise InvalidInput(f"ECDSA with {hash_alg.value if hash_alg else '?'} is not offered")
+        self.capabilities.require_mechanism(mech, f"sign with ECDSA-{(hash_alg or HashAlg.SHA256).value}")
+        return mech
+
+    def sign(self, kid: bytes, data: bytes, hash_alg: HashAlg | None = None) -> bytes:
+        """ECDSA (raw r||s, hashing in the token) or EdDSA (PureEdDSA) signature."""
+        curve = self.key_curve(kid)
+        return self._sign_op(kid, CKO.PRIVATE_KEY, self._signature_mechanism(curve, hash_alg), data, None)  # type: ignore[return-value]
+
+    def verify(self, kid: bytes, data: bytes, signature: bytes, hash_alg: HashAlg | None = None) -> bool:
+        curve = self.key_curve(kid)
+        return self._sign_op(kid, CKO.PUBLIC_KEY, self._signature_mechanism(curve, hash_alg), data, signature)  # type: ignore[return-value]
+
+    def key_curve(self, kid: bytes) -> Curve:
+        def op(s: Session) -> Curve:
+            try:
+                _, curve = self._key(s.handle, kid, CKO.PRIVATE_KEY)
+            except NotFound:
+                _, curve = self._key(s.handle, kid, CKO.PUBLIC_KEY)
+            if curve is None:
+                raise InvalidInput(f"key {kid.hex()} is not an elliptic-curve key")
+            return curve
+
+        return self._call(op)
+
+    # -- finding, listing, relabelling, destroying ---------------------------
+
+    def get_key(self, kid: bytes) -> KeyInfo:
+        return self._call(lambda s: self._info(s.handle, kid))
+
+    def find_key(self, kid: bytes) -> KeyInfo | None:
+        try:
+            return self.get_key(kid)
+        except NotFound:
+            return None
+
+    def list_keys(self) -> list[KeyInfo]:
+        """Every key object in the token that has a CKA_ID, pairs merged (one scan)."""
+
+        def op(s: Session) -> list[KeyInfo]:
+            groups: dict[bytes, list[KeyInfo]] = {}
+            for cls in (CKO.PRIVATE_KEY, CKO.SECRET_KEY, CKO.PUBLIC_KEY):
+                for handle in self._find(s.handle, {CKA.TOKEN: True, CKA.CLASS: cls}):
+                    try:
+                        info = self._object_info(s.handle, handle)
+                    except CKRError as exc:
+                        if exc.rv in HANDLE_GONE:
+                            continue  # destroyed by another process meanwhile
+                        raise
+                    if info is not None and info.kid:
+                        groups.setdefault(info.kid, []).append(info)
+            return [self._merge(v) for v in groups.values()]
+
+        return self._call(op)
+
+    def set_label(self, kid: bytes, label: str) -> None:
+        def op(s: Session) -> None:
+            handles = self._find(s.handle, {CKA.TOKEN: True, CKA.ID: kid})
+            if not handles:
+                raise NotFound(f"no key with kid {kid.hex()} in token {self.name!r}")
+            tpl = Template({CKA.LABEL: label})
+            for handle in handles:
+                self.module.fn("C_SetAttributeValue", s.handle, handle, tpl.pointer, tpl.count)
+
+        self._call(op)
+
+    def destroy(self, kid: bytes) -> int:
+        """Destroy every object with this kid (both halves of a pair); returns how many."""
+
+        def op(s: Session) -> int:
+            handles = self._find(s.handle, {CKA.TOKEN: True, CKA.ID: kid})
+            self._forget(kid)
+            count = 0
+            for handle in handles:
+                rv = self.module.fn.raw("C_DestroyObject")(s.handle, handle)
+                if rv == CKR.OK:
+                    count += 1
+                elif rv not in HANDLE_GONE:
+                    raise CKRError(rv, "C_DestroyObject")
+            return count
+
+        return self._call(op)
+
+    # -- data objects (the gateway's own records) ----------------------------
+
+    def create_data(self, application: str, label: str, value: bytes) -> None:
+        def op(s: Session) -> None:
+            if self._find(s.handle, {CKA.CLASS: CKO.DATA, CKA.TOKEN: True, CKA.APPLICATION: application.encode(), CKA.LABEL: label}, 1):
+                raise AlreadyExists(f"a record {label!r} exists already")
+            tpl = Template({
+                CKA.CLASS: CKO.DATA, CKA.TOKEN: True, CKA.PRIVATE: True, CKA.MODIFIABLE: True,
+                CKA.APPLICATION: application.encode(), CKA.LABEL: label, CKA.VALUE: value,
+            })
+            out = c_ulong()
+            self.module.fn("C_CreateObject", s.handle, tpl.pointer, tpl.count, byref(out))
+
+        self._call(op)
+
+    def list_data(self, application: str) -> list[DataObject]:
+        def op(s: Session) -> list[DataObject]:
+            out = []
+            for handle in self._find(s.handle, {CKA.CLASS: CKO.DATA, CKA.TOKEN: True, CKA.APPLICATION: application.encode()}):
+                try:
+                    a = self._attrs(s.handle, handle, (CKA.LABEL, CKA.VALUE))
+                except CKRError as exc:
+                    if exc.rv in HANDLE_GONE:
+                        continue
+                    raise
+                out.append(DataObject(application, (a[CKA.LABEL] or b"").decode(errors="replace"), a[CKA.VALUE] or b""))
+            return out
+
+        return self._call(op)
+
+    def destroy_data(self, application: str, label: str) -> bool:
+        def op(s: Session) -> bool:
+            handles = self._find(s.handle, {CKA.CLASS: CKO.DATA, CKA.TOKEN: True, CKA.APPLICATION: application.encode(), CKA.LABEL: label})
+            for handle in handles:
+                self.module.fn.raw("C_DestroyObject")(s.handle, handle)
+            return bool(handles)
+
+        return self._call(op)
+
+    def random(self, size: int) -> bytes:
+        def op(s: Session) -> bytes:
+            buf = ctypes.create_string_buffer(size)
+            self.module.fn("C_GenerateRandom", s.handle, buf, size)
+            return buf.raw
+
+        return self._call(op)
