@@ -43,6 +43,7 @@ class Capabilities:
     ecdh_curves: frozenset[Curve] = frozenset()  # curves whose keys ECDH1_DERIVE accepts
     ecdh_kdfs: frozenset[EcdhKdf] = frozenset()
     hkdf_hashes: frozenset[HashAlg] = frozenset()
+    data_objects: bool = False  # CKO_DATA token objects (the gateway's own records)
 
     @property
     def curves(self) -> frozenset[Curve]:
@@ -137,5 +138,6 @@ class Capabilities:
             ("ChaCha20-Poly1305", "yes" if self.chacha20_poly1305 else "no"),
             ("ECDSA", "yes" if self.ecdsa else "no"),
             ("EdDSA", "yes" if self.eddsa else "no"),
+            ("data objects", "yes" if self.data_objects else "no"),
             ("mechanisms", str(len(self.mechanisms))),
         ]

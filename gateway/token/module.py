@@ -30,6 +30,7 @@ class Module:
         self.lock = threading.RLock()
         self.generation = 0
         self.initialized = False
+        self.users = 0  # open Tokens on this module; the last one to close finalises it
         for key, value in self.environment.items():
             os.environ[key] = value
         try:
@@ -100,6 +101,13 @@ class Module:
         mechs = (ctypes.c_ulong * max(count.value, 1))()
         self.fn("C_GetMechanismList", slot, mechs, byref(count))
         return frozenset(mechs[: count.value])
+
+    def release(self) -> None:
+        with self.lock:
+            self.users -= 1
+            if self.users > 0:
+                return
+        self.finalize()
 
     def finalize(self) -> None:
         with self.lock:

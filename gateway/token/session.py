@@ -38,7 +38,7 @@ class SessionPool:
         self.module = module
         self.size = size
         self._pin = pin.encode() if pin is not None else None
-        self._login_required = login_required
+        self.login_required = login_required
         self._cond = threading.Condition()
         self._idle: list[Session] = []
         self._open = 0
@@ -49,7 +49,7 @@ class SessionPool:
     def open_session(self) -> Session:
         handle = ctypes.c_ulong()
         self.module.fn("C_OpenSession", self.slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, None, None, byref(handle))
-        if self._login_required and self._pin is not None:
+        if self.login_required and self._pin is not None:
             # Login is per application; later sessions see USER_ALREADY_LOGGED_IN.
             rv = self.module.fn.raw("C_Login")(handle.value, CKU_USER, self._pin, len(self._pin))
             if rv not in (CKR.OK, CKR.USER_ALREADY_LOGGED_IN):
@@ -110,7 +110,7 @@ class SessionPool:
             idle, self._idle = self._idle, []
             self._open -= len(idle)
         for session in idle:
-            if self._login_required:
+            if self.login_required:
                 self.module.fn.raw("C_Logout")(session.handle)
             self.module.fn.raw("C_CloseSession")(session.handle)
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import functools
+import hashlib
 import logging
 import threading
+from collections import Counter
+from hmac import compare_digest as hmac_compare
 from concurrent.futures import ThreadPoolExecutor
 from ctypes import byref, c_ulong
 from typing import Any, Callable, Iterable, TypeVar
@@ -63,6 +66,8 @@ _KEY_ATTRS = (
     CKA.ENCRYPT, CKA.SIGN, CKA.DERIVE, CKA.VALUE_LEN, CKA.EC_PARAMS, CKA.EC_POINT,
 )
 _PROBE_ID = b"gateway-capability-probe"
+CKS_RO_USER_FUNCTIONS = 1
+CKS_RW_USER_FUNCTIONS = 3
 
 
 class _Gone(Exception):
@@ -88,12 +93,15 @@ class Token:
         self.settings = settings
         self.name = settings.name
         self.module: Module = load_module(settings.module, settings.init_args, settings.environment)
+        self.module.users += 1
         self._recover_lock = threading.Lock()
         self._token_generation = 0
         self._handles: dict[tuple[bytes, int], tuple[int, Any]] = {}
         self._handles_lock = threading.Lock()
+        # Calls that cost a full object scan on SoftHSM2, and recoveries: for metrics and tests.
+        self.counters: Counter[str] = Counter()
         self._executor = ThreadPoolExecutor(max_workers=settings.sessions, thread_name_prefix=f"pkcs11-{self.name}")
-        self._keygen_probe: dict[Curve, KeygenRecipe] | None = None
+        self._probed: tuple[frozenset[int], dict[str, Any]] | None = None
         # Whether the module DER-wraps CKA_EC_POINT per curve (NSS does not for X25519).
         self._point_der: dict[Curve, bool] = {}
         self.capabilities = Capabilities(frozenset())
@@ -101,8 +109,13 @@ class Token:
 
     # -- connection, capability detection, recovery ------------------------
 
-    def _connect(self, pool: SessionPool | None = None) -> SessionPool:
-        slot, info = self.module.find_slot(self.settings.label, self.settings.serial)
+    def _connect(self, pool: SessionPool | None = None, slot: int | None = None) -> SessionPool:
+        """Open the first session, log in, detect capabilities.  ``slot`` skips the
+        search over every slot (slow with busy SoftHSM2 tokens) when it is known."""
+        if slot is None:
+            slot, info = self.module.find_slot(self.settings.label, self.settings.serial)
+        else:
+            info = self.module.token_info(slot)
         if info.flags & CKF_USER_PIN_LOCKED:
             raise TokenUnavailable(f"token {self.name!r}: the user PIN is locked")
         self.label = info.label.decode(errors="replace").rstrip()
@@ -129,10 +142,14 @@ class Token:
         return pool
 
     def _detect(self, session: int, slot: int) -> Capabilities:
+        """Mechanism list on every (re)connect; the probes once per module initialisation."""
         mechanisms = self.module.mechanisms(slot)
-        if self._keygen_probe is None:
-            self._keygen_probe = self._probe_keygen(session, mechanisms)
-        keygen = self._keygen_probe
+        if self._probed is None or self._probed[0] != mechanisms:
+            self._probed = (mechanisms, self._probe(session, mechanisms))
+        return Capabilities(mechanisms=mechanisms, **self._probed[1])
+
+    def _probe(self, session: int, mechanisms: frozenset[int]) -> dict[str, Any]:
+        keygen = self._probe_keygen(session, mechanisms)
         ecdh_curves: set[Curve] = set()
         kdfs: set[EcdhKdf] = set()
         if CKM.ECDH1_DERIVE in mechanisms:
@@ -142,16 +159,34 @@ class Token:
                 for kdf in (EcdhKdf.SHA256, EcdhKdf.SHA384, EcdhKdf.SHA512):
                     if self._probe_ecdh(session, keygen[Curve.P256], Curve.P256, kdf):
                         kdfs.add(kdf)
-        hkdf = frozenset()
+        hkdf: frozenset[HashAlg] = frozenset()
         if CKM.HKDF_DERIVE in mechanisms:
             hkdf = frozenset(h for h in DIGEST_MECHANISMS if self._probe_hkdf(session, h))
-        return Capabilities(
-            mechanisms=mechanisms,
-            keygen=dict(keygen),
-            ecdh_curves=frozenset(ecdh_curves),
-            ecdh_kdfs=frozenset(kdfs),
-            hkdf_hashes=hkdf,
-        )
+        return {
+            "keygen": dict(keygen),
+            "ecdh_curves": frozenset(ecdh_curves),
+            "ecdh_kdfs": frozenset(kdfs),
+            "hkdf_hashes": hkdf,
+            "data_objects": self._probe_data_objects(session),
+        }
+
+    def _probe_data_objects(self, session: int) -> bool:
+        # NSS softoken refuses CKO_DATA token objects (CKR_ATTRIBUTE_VALUE_INVALID).
+        tpl = Template({CKA.CLASS: CKO.DATA, CKA.TOKEN: True, CKA.PRIVATE: True,
+                        CKA.APPLICATION: _PROBE_ID, CKA.LABEL: "probe", CKA.VALUE: b"probe"})
+        out = c_ulong()
+        rv = self.module.fn.raw("C_CreateObject")(session, tpl.pointer, tpl.count, byref(out))
+        if rv != CKR.OK:
+            return self._probe_failed(CKRError(rv, "C_CreateObject"))
+        self._destroy_handles(session, (out.value,))
+        return True
+
+    @staticmethod
+    def _probe_failed(exc: CKRError) -> bool:
+        """A refusal means 'not supported'; a lost session must not be mistaken for one."""
+        if exc.rv in SESSION_GONE or exc.rv in TOKEN_GONE:
+            raise exc
+        return False
 
     def _probe_keygen(self, session: int, mechanisms: frozenset[int]) -> dict[Curve, KeygenRecipe]:
         found: dict[Curve, KeygenRecipe] = {}
@@ -161,14 +196,21 @@ class Token:
                     continue
                 try:
                     pub, priv = self._gen_pair(session, recipe, _PROBE_ID, "probe", Usage(derive=True, sign=True), False)
-                except CKRError:
+                except CKRError as exc:
+                    self._probe_failed(exc)
                     continue
                 try:
-                    raw = self._attrs(session, pub, (CKA.EC_POINT,))[CKA.EC_POINT]
+                    attrs = self._attrs(session, pub, (CKA.EC_POINT, CKA.KEY_TYPE))
+                    raw = attrs[CKA.EC_POINT]
                     decode_ec_point(curve, raw or b"")
-                    found[curve] = KeygenRecipe(recipe.mechanism, recipe.key_type, recipe.ec_params)
+                    # imports must name the key type the module gives its own keys
+                    key_type = _ulong(attrs[CKA.KEY_TYPE] or b"") or recipe.key_type
+                    found[curve] = KeygenRecipe(recipe.mechanism, key_type, recipe.ec_params)
                     self._point_der[curve] = len(raw or b"") != curve.public_bytes
-                except (CKRError, ValueError):
+                except CKRError as exc:
+                    self._probe_failed(exc)
+                    continue
+                except ValueError:
                     continue
                 finally:
                     self._destroy_handles(session, (priv, pub))
@@ -178,15 +220,17 @@ class Token:
     def _probe_ecdh(self, session: int, recipe: KeygenRecipe, curve: Curve, kdf: EcdhKdf = EcdhKdf.NULL) -> bool:
         try:
             pub, priv = self._gen_pair(session, recipe, _PROBE_ID, "probe", Usage(derive=True), False)
-        except CKRError:
-            return False
+        except CKRError as exc:
+            return self._probe_failed(exc)
         try:
             point = decode_ec_point(curve, self._attrs(session, pub, (CKA.EC_POINT,))[CKA.EC_POINT] or b"")
             spec = SecretSpec(_PROBE_ID, "probe", SecretType.GENERIC, 16, Usage(), token=False)
             out = self._ecdh(session, priv, point, spec, kdf, b"probe" if kdf is not EcdhKdf.NULL else b"")
             self._destroy_handles(session, (out,))
             return True
-        except (CKRError, ValueError):
+        except CKRError as exc:
+            return self._probe_failed(exc)
+        except ValueError:
             return False
         finally:
             self._destroy_handles(session, (priv, pub))
@@ -198,8 +242,8 @@ class Token:
             out = self._hkdf(session, base, None, b"probe", hash_alg, SecretSpec(_PROBE_ID, "probe", SecretType.GENERIC, 32, Usage(), token=False))
             self._destroy_handles(session, (out,))
             return True
-        except CKRError:
-            return False
+        except CKRError as exc:
+            return self._probe_failed(exc)
         finally:
             if base is not None:
                 self._destroy_handles(session, (base,))
@@ -210,14 +254,17 @@ class Token:
             if self.pool.generation != failed and self.pool.generation[0] == self.module.generation:
                 return  # another thread recovered already
             self._token_generation += 1
+            self.counters["recoveries"] += 1
             if self.module.generation == failed[0]:
-                try:
-                    self.module.fn.raw("C_CloseAllSessions")(self.pool.slot)
-                    self._connect(self.pool)
-                    log.warning("token %s: sessions reopened after the token dropped them", self.name)
-                    return
-                except (CKRError, TokenUnavailable) as exc:
-                    log.warning("token %s: reopening sessions failed (%s); re-initialising the module", self.name, exc)
+                for _ in range(3):
+                    try:
+                        self.module.fn.raw("C_CloseAllSessions")(self.pool.slot)
+                        self._connect(self.pool, self.pool.slot)
+                        log.warning("token %s: sessions reopened after the token dropped them", self.name)
+                        return
+                    except (CKRError, TokenUnavailable) as exc:
+                        reason = exc
+                log.warning("token %s: reopening sessions failed (%s); re-initialising the module", self.name, reason)
                 try:
                     self.module.reinitialize(failed[0])
                 except CKRError as exc:
@@ -225,7 +272,7 @@ class Token:
             # Handles are only valid within one initialisation of the module.
             with self._handles_lock:
                 self._handles.clear()
-            self._keygen_probe = None
+            self._probed = None
             try:
                 self._connect(self.pool)
             except CKRError as exc:
@@ -253,7 +300,7 @@ class Token:
                         return found
                 return op(session)
             except CKRError as exc:
-                if exc.rv in SESSION_GONE or exc.rv in TOKEN_GONE:
+                if exc.rv in SESSION_GONE or exc.rv in TOKEN_GONE or self._session_vanished(session, exc):
                     session.broken = True
                     if attempt:
                         raise TokenUnavailable(f"token {self.name!r} is unavailable ({exc.name})") from None
@@ -263,6 +310,15 @@ class Token:
             finally:
                 self.pool.release(session)
         raise TokenUnavailable(f"token {self.name!r} is unavailable")
+
+    def _session_vanished(self, session: Session, exc: CKRError) -> bool:
+        """Whether a vague failure was really the session closing under the call
+        (SoftHSM2 answers CKR_GENERAL_ERROR when a session is closed mid-derive)."""
+        if exc.rv not in (CKR.GENERAL_ERROR, CKR.FUNCTION_FAILED):
+            return False
+        info = (c_ulong * 4)()
+        rv = self.module.fn.raw("C_GetSessionInfo")(session.handle, info)
+        return rv in SESSION_GONE or rv in TOKEN_GONE
 
     def _translate(self, exc: CKRError) -> Exception:
         if exc.rv in HANDLE_GONE:
@@ -286,20 +342,23 @@ class Token:
     def is_ready(self) -> bool:
         """Reachable and logged in: a cheap call on a pooled session."""
         try:
-            self._call(lambda s: self._find(s, {CKA.CLASS: CKO.DATA, CKA.APPLICATION: b"gateway-ready"}, 1))
+            self._call(lambda s: self._find(s.handle, {CKA.CLASS: CKO.DATA, CKA.APPLICATION: b"gateway-ready"}, 1))
             return True
         except Exception:  # noqa: BLE001 - readiness reports, never raises
             return False
 
     def close(self) -> None:
+        """Log out, close the sessions, and finalise the module if no other token uses it."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
         self.pool.close_all()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.module.release()
 
     # -- low-level helpers (take a session handle) -------------------------
 
     def _find(self, session: int, attrs: dict[int, Any], limit: int = 0) -> list[int]:
         fn = self.module.fn
         tpl = Template(attrs)
+        self.counters["find_objects"] += 1
         fn("C_FindObjectsInit", session, tpl.pointer, tpl.count)
         found: list[int] = []
         try:
@@ -344,6 +403,24 @@ class Token:
             size = arr[i].ulValueLen
             out[t] = None if buf is None or size == CK_UNAVAILABLE_INFORMATION else buf.raw[:size]
         return out
+
+    def _check_login(self, session: int) -> None:
+        """Raise the lost login as CKR_USER_NOT_LOGGED_IN (which ``_call`` recovers from).
+
+        Private objects are invisible to a session that is not logged in, so a
+        login dropped from outside would otherwise show as missing keys.
+        """
+        if self.pool.login_required:
+            info = (c_ulong * 4)()
+            rv = self.module.fn.raw("C_GetSessionInfo")(session, info)
+            if rv != CKR.OK:
+                raise CKRError(rv, "C_GetSessionInfo")
+            if info[1] not in (CKS_RO_USER_FUNCTIONS, CKS_RW_USER_FUNCTIONS):
+                raise CKRError(CKR.USER_NOT_LOGGED_IN, "C_FindObjects")
+
+    def _not_found(self, session: int, kid: bytes) -> NotFound:
+        self._check_login(session)
+        return NotFound(f"no key with kid {kid.hex()} in token {self.name!r}")
 
     def _destroy_handles(self, session: int, handles: Iterable[int | None]) -> None:
         for handle in handles:
@@ -442,7 +519,7 @@ class Token:
                 self._handles.pop(key, None)
         found = self._find(session, {CKA.TOKEN: True, CKA.CLASS: cls, CKA.ID: kid}, 1)
         if not found:
-            raise NotFound(f"no key with kid {kid.hex()} in token {self.name!r}")
+            raise self._not_found(session, kid)
         handle = found[0]
         attrs = self._attrs(session, handle, (CKA.KEY_TYPE, CKA.EC_PARAMS, CKA.VALUE_LEN))
         facts: Any
@@ -459,6 +536,18 @@ class Token:
         with self._handles_lock:
             for cls in (CKO.SECRET_KEY, CKO.PRIVATE_KEY, CKO.PUBLIC_KEY):
                 self._handles.pop((kid, cls), None)
+
+    def _created(self, session: int, kid: bytes, cls: int, handle: int, public: int | None = None) -> KeyInfo:
+        """KeyInfo of a just-created object, read by handle (no object scan), and cached."""
+        info = self._object_info(session, handle)
+        if info is None:
+            raise TokenRefused("the token did not create the object", "CKR_GENERAL_ERROR")
+        self._remember(info, handle)
+        if public is not None:
+            pub = self._object_info(session, public)
+            if pub is not None:
+                info = self._merge([info, pub])
+        return info
 
     def _private(self, session: int, kid: bytes) -> tuple[int, Curve]:
         handle, curve = self._key(session, kid, CKO.PRIVATE_KEY)
@@ -500,12 +589,32 @@ class Token:
     # -- KeyInfo -------------------------------------------------------------
 
     def _info(self, session: int, kid: bytes) -> KeyInfo:
-        objs = self._find(session, {CKA.TOKEN: True, CKA.ID: kid})
-        infos = [self._object_info(session, h) for h in objs]
-        infos = [i for i in infos if i is not None]
+        """KeyInfo of ``kid``: from cached handles when they still hold that kid, else one scan."""
+        with self._handles_lock:
+            cached = [self._handles.get((kid, c)) for c in (CKO.PRIVATE_KEY, CKO.SECRET_KEY, CKO.PUBLIC_KEY)]
+        handles = [entry[0] for entry in cached if entry is not None]
+        infos: list[KeyInfo] = []
+        try:
+            infos = [i for i in (self._object_info(session, h) for h in handles) if i is not None and i.kid == kid]
+        except CKRError as exc:
+            if exc.rv not in HANDLE_GONE:
+                raise
+        if not infos or len(infos) != len(handles):
+            self._forget(kid)
+            pairs = [(h, self._object_info(session, h)) for h in self._find(session, {CKA.TOKEN: True, CKA.ID: kid})]
+            infos = []
+            for handle, info in pairs:
+                if info is not None:
+                    self._remember(info, handle)
+                    infos.append(info)
         if not infos:
-            raise NotFound(f"no key with kid {kid.hex()} in token {self.name!r}")
+            raise self._not_found(session, kid)
         return self._merge(infos)
+
+    def _remember(self, info: KeyInfo, handle: int) -> None:
+        facts: Any = (info.secret_type, info.length or 0) if info.key_class is KeyClass.SECRET else info.curve
+        with self._handles_lock:
+            self._handles[(info.kid, _CLASS_CKO[info.key_class])] = (handle, facts)
 
     def _object_info(self, session: int, handle: int) -> KeyInfo | None:
         a = self._attrs(session, handle, _KEY_ATTRS)
@@ -558,9 +667,7 @@ class Token:
             raise InvalidInput(f"{spec.kind.value} keys cannot be {spec.length} bytes long")
 
         def op(s: Session) -> KeyInfo:
-            self._refuse_duplicate(s.handle, spec.kid)
-            self._generate_secret(s.handle, spec)
-            return self._info(s.handle, spec.kid)
+            return self._created(s.handle, spec.kid, CKO.SECRET_KEY, self._generate_secret(s.handle, spec))
 
         return self._call(op, retry_check=self._exists(spec.kid, CKO.SECRET_KEY))
 
@@ -570,9 +677,9 @@ class Token:
             self.capabilities.require_ecdh(curve)
 
         def op(s: Session) -> KeyInfo:
-            self._refuse_duplicate(s.handle, kid)
-            self._gen_pair(s.handle, recipe, kid, label, usage, True)
-            return self._info(s.handle, kid)
+            pub, priv = self._gen_pair(s.handle, recipe, kid, label, usage, True)
+            self._created(s.handle, kid, CKO.PUBLIC_KEY, pub)
+            return self._created(s.handle, kid, CKO.PRIVATE_KEY, priv, public=pub)
 
         return self._call(op, retry_check=self._exists(kid, CKO.PRIVATE_KEY))
 
@@ -596,7 +703,7 @@ class Token:
             })
             out = c_ulong()
             self.module.fn("C_CreateObject", s.handle, tpl.pointer, tpl.count, byref(out))
-            return self._info(s.handle, kid)
+            return self._created(s.handle, kid, CKO.PUBLIC_KEY, out.value)
 
         return self._call(op, retry_check=self._exists(kid, CKO.PUBLIC_KEY))
 
@@ -618,7 +725,7 @@ class Token:
             tpl = Template(attrs)
             out = c_ulong()
             self.module.fn("C_CreateObject", s.handle, tpl.pointer, tpl.count, byref(out))
-            return self._info(s.handle, spec.kid)
+            return self._created(s.handle, spec.kid, CKO.SECRET_KEY, out.value)
 
         return self._call(op, retry_check=self._exists(spec.kid, CKO.SECRET_KEY))
 
@@ -643,10 +750,8 @@ class Token:
             base, curve, point = self._ecdh_inputs(s.handle, base_kid, peer, peer_kid, kdf)
             if kdf is EcdhKdf.NULL and out.length > curve.field_bytes:
                 raise InvalidInput(f"the {curve.value} shared secret is {curve.field_bytes} bytes, shorter than the {out.length}-byte key asked for")
-            if out.token:
-                self._refuse_duplicate(s.handle, out.kid)
-            self._with_handle_retry(s, base_kid, lambda: self._ecdh(s.handle, self._private(s.handle, base_kid)[0], point, out, kdf, shared_data))
-            return self._info(s.handle, out.kid)
+            handle = self._with_handle_retry(s, base_kid, lambda: self._ecdh(s.handle, self._private(s.handle, base_kid)[0], point, out, kdf, shared_data))
+            return self._created(s.handle, out.kid, CKO.SECRET_KEY, handle)
 
         return self._call(op, retry_check=self._exists(out.kid, CKO.SECRET_KEY))
 
@@ -680,15 +785,13 @@ class Token:
 
         def op(s: Session) -> KeyInfo:
             base, curve, point = self._ecdh_inputs(s.handle, base_kid, peer, peer_kid, EcdhKdf.NULL)
-            if out.token:
-                self._refuse_duplicate(s.handle, out.kid)
             z_spec = SecretSpec(out.kid, "ecdh-z", SecretType.GENERIC, curve.field_bytes, Usage(derive=True), token=False)
             z = self._with_handle_retry(s, base_kid, lambda: self._ecdh(s.handle, self._private(s.handle, base_kid)[0], point, z_spec, EcdhKdf.NULL, b""))
             try:
-                self._hkdf(s.handle, z, salt, info, hash_alg, out)
+                handle = self._hkdf(s.handle, z, salt, info, hash_alg, out)
             finally:
                 self._destroy_handles(s.handle, (z,))
-            return self._info(s.handle, out.kid)
+            return self._created(s.handle, out.kid, CKO.SECRET_KEY, handle)
 
         return self._call(op, retry_check=self._exists(out.kid, CKO.SECRET_KEY))
 
@@ -698,11 +801,8 @@ class Token:
         self.capabilities.require_secret(out.kind)
 
         def op(s: Session) -> KeyInfo:
-            self._secret(s.handle, base_kid)
-            if out.token:
-                self._refuse_duplicate(s.handle, out.kid)
-            self._with_handle_retry(s, base_kid, lambda: self._hkdf(s.handle, self._secret(s.handle, base_kid)[0], salt, info, hash_alg, out))
-            return self._info(s.handle, out.kid)
+            handle = self._with_handle_retry(s, base_kid, lambda: self._hkdf(s.handle, self._secret(s.handle, base_kid)[0], salt, info, hash_alg, out))
+            return self._created(s.handle, out.kid, CKO.SECRET_KEY, handle)
 
         return self._call(op, retry_check=self._exists(out.kid, CKO.SECRET_KEY))
 
@@ -789,29 +889,36 @@ class Token:
         return self._sign_op(kid, CKO.SECRET_KEY, HMAC_MECHANISMS[hash_alg], data, None)  # type: ignore[return-value]
 
     def hmac_verify(self, kid: bytes, hash_alg: HashAlg, data: bytes, mac: bytes) -> bool:
-        self.capabilities.require_hmac(hash_alg)
-        return self._sign_op(kid, CKO.SECRET_KEY, HMAC_MECHANISMS[hash_alg], data, mac)  # type: ignore[return-value]
+        # Computed in the token and compared here in constant time: modules
+        # disagree on what C_Verify returns for a wrong MAC (NSS says
+        # CKR_DOMAIN_PARAMS_INVALID), and the MAC is not secret.
+        return hmac_compare(self.hmac(kid, hash_alg, data), mac)
 
-    def _signature_mechanism(self, curve: Curve, hash_alg: HashAlg | None) -> int:
+    def _signature_mechanism(self, curve: Curve, hash_alg: HashAlg | None, data: bytes) -> tuple[int, bytes]:
+        """Mechanism and the bytes to hand it: ECDSA hashes in the token when the
+        module offers CKM_ECDSA_SHAxxx (SoftHSM2 2.6 does not), else the digest is
+        computed here (it is not secret) and signed with CKM_ECDSA."""
         if curve.family == "edwards":
             self.capabilities.require_mechanism(CKM.EDDSA, f"sign with {curve.value}")
-            return CKM.EDDSA
+            return CKM.EDDSA, data
         if curve.family == "montgomery":
             raise InvalidInput(f"{curve.value} keys cannot sign")
-        mech = _ECDSA[hash_alg or HashAlg.SHA256] if hash_alg in _ECDSA or hash_alg is None else None
-        if mech is None:
-            raise InvalidInput(f"ECDSA with {hash_alg.value if hash_alg else '?'} is not offered")
-        self.capabilities.require_mechanism(mech, f"sign with ECDSA-{(hash_alg or HashAlg.SHA256).value}")
-        return mech
+        alg = hash_alg or HashAlg.SHA256
+        if alg not in _ECDSA:
+            raise InvalidInput(f"ECDSA with {alg.value} is not offered")
+        if _ECDSA[alg] in self.capabilities.mechanisms:
+            return _ECDSA[alg], data
+        self.capabilities.require_mechanism(CKM.ECDSA, "sign with ECDSA")
+        return CKM.ECDSA, hashlib.new(alg.name.lower(), data).digest()
 
     def sign(self, kid: bytes, data: bytes, hash_alg: HashAlg | None = None) -> bytes:
-        """ECDSA (raw r||s, hashing in the token) or EdDSA (PureEdDSA) signature."""
-        curve = self.key_curve(kid)
-        return self._sign_op(kid, CKO.PRIVATE_KEY, self._signature_mechanism(curve, hash_alg), data, None)  # type: ignore[return-value]
+        """ECDSA (raw r||s) or EdDSA (PureEdDSA) signature by a stored private key."""
+        mech, payload = self._signature_mechanism(self.key_curve(kid), hash_alg, data)
+        return self._sign_op(kid, CKO.PRIVATE_KEY, mech, payload, None)  # type: ignore[return-value]
 
     def verify(self, kid: bytes, data: bytes, signature: bytes, hash_alg: HashAlg | None = None) -> bool:
-        curve = self.key_curve(kid)
-        return self._sign_op(kid, CKO.PUBLIC_KEY, self._signature_mechanism(curve, hash_alg), data, signature)  # type: ignore[return-value]
+        mech, payload = self._signature_mechanism(self.key_curve(kid), hash_alg, data)
+        return self._sign_op(kid, CKO.PUBLIC_KEY, mech, payload, signature)  # type: ignore[return-value]
 
     def key_curve(self, kid: bytes) -> Curve:
         def op(s: Session) -> Curve:
@@ -840,6 +947,7 @@ class Token:
         """Every key object in the token that has a CKA_ID, pairs merged (one scan)."""
 
         def op(s: Session) -> list[KeyInfo]:
+            self._check_login(s.handle)
             groups: dict[bytes, list[KeyInfo]] = {}
             for cls in (CKO.PRIVATE_KEY, CKO.SECRET_KEY, CKO.PUBLIC_KEY):
                 for handle in self._find(s.handle, {CKA.TOKEN: True, CKA.CLASS: cls}):
@@ -859,7 +967,7 @@ class Token:
         def op(s: Session) -> None:
             handles = self._find(s.handle, {CKA.TOKEN: True, CKA.ID: kid})
             if not handles:
-                raise NotFound(f"no key with kid {kid.hex()} in token {self.name!r}")
+                raise self._not_found(s.handle, kid)
             tpl = Template({CKA.LABEL: label})
             for handle in handles:
                 self.module.fn("C_SetAttributeValue", s.handle, handle, tpl.pointer, tpl.count)
@@ -872,6 +980,8 @@ class Token:
         def op(s: Session) -> int:
             handles = self._find(s.handle, {CKA.TOKEN: True, CKA.ID: kid})
             self._forget(kid)
+            if not handles:
+                raise self._not_found(s.handle, kid)
             count = 0
             for handle in handles:
                 rv = self.module.fn.raw("C_DestroyObject")(s.handle, handle)
@@ -886,6 +996,9 @@ class Token:
     # -- data objects (the gateway's own records) ----------------------------
 
     def create_data(self, application: str, label: str, value: bytes) -> None:
+        if not self.capabilities.data_objects:
+            raise Unsupported(f"token {self.name!r} cannot store CKO_DATA token objects", "CKO_DATA")
+
         def op(s: Session) -> None:
             if self._find(s.handle, {CKA.CLASS: CKO.DATA, CKA.TOKEN: True, CKA.APPLICATION: application.encode(), CKA.LABEL: label}, 1):
                 raise AlreadyExists(f"a record {label!r} exists already")
@@ -900,6 +1013,7 @@ class Token:
 
     def list_data(self, application: str) -> list[DataObject]:
         def op(s: Session) -> list[DataObject]:
+            self._check_login(s.handle)
             out = []
             for handle in self._find(s.handle, {CKA.CLASS: CKO.DATA, CKA.TOKEN: True, CKA.APPLICATION: application.encode()}):
                 try:

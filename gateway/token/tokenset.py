@@ -6,7 +6,6 @@ import asyncio
 from typing import Iterator
 
 from ..errors import ConfigError, NotFound
-from .module import loaded_modules
 from .settings import TokenSettings
 from .token import Token
 from .types import KeyInfo
@@ -63,7 +62,6 @@ class TokenSet:
         raise NotFound(f"no key with kid {kid.hex()}")
 
     def close(self) -> None:
+        """Close every token; a module is finalised when its last token closes."""
         for token in self:
             token.close()
-        for module in loaded_modules():
-            module.finalize()

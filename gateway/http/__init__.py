@@ -1,0 +1,1 @@
+"""The HTTP layer: thin aiohttp handlers that parse, validate and map errors."""
