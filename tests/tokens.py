@@ -52,7 +52,11 @@ NSS_MODULE: Final = find_module(
 )
 
 # Tokens created once per test session in the shared SoftHSM2 directory.
-SOFTHSM_LABELS: Final = ("adapter", "concurrency", "lookup", "recovery", "spare1", "spare2")
+SOFTHSM_LABELS: Final = (
+    "adapter", "concurrency", "lookup", "recovery", "spare1", "spare2",
+    # one per dialect or service test area, so their key counts stay independent
+    "hem", "hem-raw2", "vault", "vault-2", "service", "stress",
+)
 SOFTHSM_PIN: Final = "1234"
 SOFTHSM_SO_PIN: Final = "5678"
 NSS_PASSWORD: Final = "nsspin-1234"
