@@ -422,6 +422,19 @@ class Token:
         self._check_login(session)
         return NotFound(f"no key with kid {kid.hex()} in token {self.name!r}")
 
+    def _read_id(self, session: int, handle: int) -> bytes | None:
+        """CKA_ID in one call (the cache check on every keyed operation)."""
+        from .cki import CK_ATTRIBUTE
+
+        buf = ctypes.create_string_buffer(64)
+        attr = CK_ATTRIBUTE(CKA.ID, ctypes.cast(buf, ctypes.c_void_p), 64)
+        rv = self.module.fn.raw("C_GetAttributeValue")(session, handle, byref(attr), 1)
+        if rv == CKR.BUFFER_TOO_SMALL:
+            return self._attrs(session, handle, (CKA.ID,))[CKA.ID]
+        if rv != CKR.OK:
+            raise CKRError(rv, "C_GetAttributeValue")
+        return buf.raw[: attr.ulValueLen]
+
     def _destroy_handles(self, session: int, handles: Iterable[int | None]) -> None:
         for handle in handles:
             if handle is not None:
@@ -510,7 +523,7 @@ class Token:
             cached = self._handles.get(key)
         if cached is not None:
             try:
-                if self._attrs(session, cached[0], (CKA.ID,))[CKA.ID] == kid:
+                if self._read_id(session, cached[0]) == kid:
                     return cached
             except CKRError as exc:
                 if exc.rv not in HANDLE_GONE:
@@ -536,6 +549,17 @@ class Token:
         with self._handles_lock:
             for cls in (CKO.SECRET_KEY, CKO.PRIVATE_KEY, CKO.PUBLIC_KEY):
                 self._handles.pop((kid, cls), None)
+
+    def _created_secret(self, handle: int, spec: SecretSpec) -> KeyInfo:
+        """KeyInfo of a secret key just made from ``spec``: every attribute was set
+        explicitly in the template, so nothing needs reading back."""
+        info = KeyInfo(
+            kid=spec.kid, label=spec.label, key_class=KeyClass.SECRET, secret_type=spec.kind,
+            length=spec.length, sensitive=True, extractable=False, usage=spec.usage, token_name=self.name,
+        )
+        if spec.token:
+            self._remember(info, handle)
+        return info
 
     def _created(self, session: int, kid: bytes, cls: int, handle: int, public: int | None = None) -> KeyInfo:
         """KeyInfo of a just-created object, read by handle (no object scan), and cached."""
@@ -566,15 +590,16 @@ class Token:
         raw = self._attrs(session, handle, (CKA.EC_POINT,))[CKA.EC_POINT] or b""
         return curve, decode_ec_point(curve, raw)
 
-    def _with_handle_retry(self, session: Session, kid: bytes, op: Callable[[], T]) -> T:
-        """Run ``op``; if the cached handle vanished meanwhile, look the key up again once."""
+    def _with_handle_retry(self, kid: bytes, handle: int, resolve: Callable[[], int], op: Callable[[int], T]) -> T:
+        """Run ``op(handle)``; if the cached handle vanished meanwhile (another
+        process destroyed or replaced the object), look the key up again once."""
         try:
-            return op()
+            return op(handle)
         except CKRError as exc:
             if exc.rv not in HANDLE_GONE:
                 raise
             self._forget(kid)
-            return op()
+            return op(resolve())
 
     def _exists(self, kid: bytes, cls: int) -> Callable[[Session], KeyInfo | None]:
         def check(session: Session) -> KeyInfo | None:
@@ -667,7 +692,7 @@ class Token:
             raise InvalidInput(f"{spec.kind.value} keys cannot be {spec.length} bytes long")
 
         def op(s: Session) -> KeyInfo:
-            return self._created(s.handle, spec.kid, CKO.SECRET_KEY, self._generate_secret(s.handle, spec))
+            return self._created_secret(self._generate_secret(s.handle, spec), spec)
 
         return self._call(op, retry_check=self._exists(spec.kid, CKO.SECRET_KEY))
 
@@ -750,8 +775,11 @@ class Token:
             base, curve, point = self._ecdh_inputs(s.handle, base_kid, peer, peer_kid, kdf)
             if kdf is EcdhKdf.NULL and out.length > curve.field_bytes:
                 raise InvalidInput(f"the {curve.value} shared secret is {curve.field_bytes} bytes, shorter than the {out.length}-byte key asked for")
-            handle = self._with_handle_retry(s, base_kid, lambda: self._ecdh(s.handle, self._private(s.handle, base_kid)[0], point, out, kdf, shared_data))
-            return self._created(s.handle, out.kid, CKO.SECRET_KEY, handle)
+            handle = self._with_handle_retry(
+                base_kid, base, lambda: self._private(s.handle, base_kid)[0],
+                lambda h: self._ecdh(s.handle, h, point, out, kdf, shared_data),
+            )
+            return self._created_secret(handle, out)
 
         return self._call(op, retry_check=self._exists(out.kid, CKO.SECRET_KEY))
 
@@ -786,12 +814,15 @@ class Token:
         def op(s: Session) -> KeyInfo:
             base, curve, point = self._ecdh_inputs(s.handle, base_kid, peer, peer_kid, EcdhKdf.NULL)
             z_spec = SecretSpec(out.kid, "ecdh-z", SecretType.GENERIC, curve.field_bytes, Usage(derive=True), token=False)
-            z = self._with_handle_retry(s, base_kid, lambda: self._ecdh(s.handle, self._private(s.handle, base_kid)[0], point, z_spec, EcdhKdf.NULL, b""))
+            z = self._with_handle_retry(
+                base_kid, base, lambda: self._private(s.handle, base_kid)[0],
+                lambda h: self._ecdh(s.handle, h, point, z_spec, EcdhKdf.NULL, b""),
+            )
             try:
                 handle = self._hkdf(s.handle, z, salt, info, hash_alg, out)
             finally:
                 self._destroy_handles(s.handle, (z,))
-            return self._created(s.handle, out.kid, CKO.SECRET_KEY, handle)
+            return self._created_secret(handle, out)
 
         return self._call(op, retry_check=self._exists(out.kid, CKO.SECRET_KEY))
 
@@ -801,8 +832,11 @@ class Token:
         self.capabilities.require_secret(out.kind)
 
         def op(s: Session) -> KeyInfo:
-            handle = self._with_handle_retry(s, base_kid, lambda: self._hkdf(s.handle, self._secret(s.handle, base_kid)[0], salt, info, hash_alg, out))
-            return self._created(s.handle, out.kid, CKO.SECRET_KEY, handle)
+            resolve = lambda: self._secret(s.handle, base_kid)[0]  # noqa: E731
+            handle = self._with_handle_retry(
+                base_kid, resolve(), resolve, lambda h: self._hkdf(s.handle, h, salt, info, hash_alg, out)
+            )
+            return self._created_secret(handle, out)
 
         return self._call(op, retry_check=self._exists(out.kid, CKO.SECRET_KEY))
 
@@ -816,7 +850,10 @@ class Token:
             base, curve, point = self._ecdh_inputs(s.handle, base_kid, peer, peer_kid, EcdhKdf.NULL)
             spec = SecretSpec(b"", "ecdh", SecretType.GENERIC, curve.field_bytes, Usage(), token=False)
             extra = {CKA.SENSITIVE: False, CKA.EXTRACTABLE: True}
-            z = self._with_handle_retry(s, base_kid, lambda: self._ecdh(s.handle, self._private(s.handle, base_kid)[0], point, spec, EcdhKdf.NULL, b"", extra))
+            z = self._with_handle_retry(
+                base_kid, base, lambda: self._private(s.handle, base_kid)[0],
+                lambda h: self._ecdh(s.handle, h, point, spec, EcdhKdf.NULL, b"", extra),
+            )
             try:
                 value = self._attrs(s.handle, z, (CKA.VALUE,))[CKA.VALUE]
             finally:
@@ -832,8 +869,7 @@ class Token:
     def _crypt(self, kid: bytes, mechanism: int, param: Any, keep: tuple[Any, ...], data: bytes, decrypt: bool) -> bytes:
         init, call = ("C_DecryptInit", "C_Decrypt") if decrypt else ("C_EncryptInit", "C_Encrypt")
 
-        def once(s: Session) -> bytes:
-            handle = self._secret(s.handle, kid)[0]
+        def once(s: Session, handle: int) -> bytes:
             fn = self.module.fn
             mech = Mechanism(mechanism, param, keep)
             fn(init, s.handle, mech.pointer, handle)
@@ -843,7 +879,11 @@ class Token:
             fn(call, s.handle, src, len(data), out, byref(size))
             return out.raw[: size.value]
 
-        return self._call(lambda s: self._with_handle_retry(s, kid, lambda: once(s)))
+        def op(s: Session) -> bytes:
+            resolve = lambda: self._secret(s.handle, kid)[0]  # noqa: E731
+            return self._with_handle_retry(kid, resolve(), resolve, lambda h: once(s, h))
+
+        return self._call(op)
 
     def aes_gcm(self, kid: bytes, iv: bytes, data: bytes, aad: bytes = b"", *, decrypt: bool = False, tag_bits: int = 128) -> bytes:
         """AES-GCM in the token; ciphertext is followed by the tag (PKCS#11 convention)."""
@@ -862,8 +902,7 @@ class Token:
         return self._crypt(kid, CKM.CHACHA20_POLY1305, params, (n_buf, aad_buf), data, decrypt)
 
     def _sign_op(self, kid: bytes, cls: int, mechanism: int, data: bytes, signature: bytes | None) -> bytes | bool:
-        def once(s: Session) -> bytes | bool:
-            handle = self._key(s.handle, kid, cls)[0]
+        def once(s: Session, handle: int) -> bytes | bool:
             fn = self.module.fn
             mech = Mechanism(mechanism)
             src = ctypes.create_string_buffer(data, len(data))
@@ -882,7 +921,11 @@ class Token:
                 raise CKRError(rv, "C_Verify")
             return True
 
-        return self._call(lambda s: self._with_handle_retry(s, kid, lambda: once(s)))
+        def op(s: Session) -> bytes | bool:
+            resolve = lambda: self._key(s.handle, kid, cls)[0]  # noqa: E731
+            return self._with_handle_retry(kid, resolve(), resolve, lambda h: once(s, h))
+
+        return self._call(op)
 
     def hmac(self, kid: bytes, hash_alg: HashAlg, data: bytes) -> bytes:
         self.capabilities.require_hmac(hash_alg)
