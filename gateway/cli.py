@@ -62,6 +62,33 @@ def cmd_tokens_init(args: argparse.Namespace) -> int:
         what = "SoftHSM2 token" if r.kind == "softhsm2" else "NSS database"
         state = "created" if r.created else "already present"
         print(f"{r.name}: {what} {state} in {r.directory}")
+    if config.vault.dev_issuer_key is not None:
+        from gateway.core.issuers import ensure_dev_issuer_key
+
+        made = ensure_dev_issuer_key(config.vault.dev_issuer_key)
+        print(f"vault: dev issuer key {'created' if made else 'kept'} at {config.vault.dev_issuer_key}")
+    return EXIT_OK
+
+
+def cmd_jwt_issue(args: argparse.Namespace) -> int:
+    """Print a dev JWT signed with vault.dev_issuer_key."""
+    import json
+
+    from gateway.core.issuers import issue_token
+
+    config = _load(args)
+    if config.vault.dev_issuer_key is None:
+        raise ConfigError("vault.dev_issuer_key: missing; `gateway jwt issue` signs with this key")
+    try:
+        claims = json.loads(args.claims) if args.claims else {}
+    except ValueError as exc:
+        raise ConfigError(f"--claims: not valid JSON ({exc})") from None
+    if not isinstance(claims, dict):
+        raise ConfigError("--claims: expected a JSON object")
+    claims["sub"] = args.sub
+    if args.scope is not None:
+        claims["scope"] = args.scope
+    print(issue_token(config.vault.dev_issuer_key, claims, lifetime=args.lifetime, issuers=config.vault.issuers))
     return EXIT_OK
 
 
@@ -141,6 +168,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "features it supports.",
     )
     capabilities.set_defaults(handler=cmd_capabilities)
+
+    jwt_parser = commands.add_parser("jwt", help="development JWTs", description="Development JWT commands.")
+    jwt_commands = jwt_parser.add_subparsers(title="commands", dest="jwt_command", required=True, metavar="COMMAND")
+    issue = jwt_commands.add_parser(
+        "issue", parents=[common], help="print a dev JWT signed with vault.dev_issuer_key",
+        description="Mint a JWT (ES256 or RS256, kid = the key's RFC 7638 thumbprint) with the private key "
+                    "vault.dev_issuer_key, for the configured issuer that trusts it. Development only.",
+    )
+    issue.add_argument("--sub", required=True, help="subject, e.g. application:<uuid>, organization:<uuid>, user:<uuid>")
+    issue.add_argument("--scope", help="a scope claim (string)")
+    issue.add_argument("--claims", metavar="JSON", help='extra claims as a JSON object, e.g. \'{"prvd": {...}}\'')
+    issue.add_argument("--lifetime", type=int, default=3600, metavar="SECONDS", help="validity (default 3600)")
+    issue.set_defaults(handler=cmd_jwt_issue)
     return parser
 
 

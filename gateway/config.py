@@ -181,6 +181,27 @@ class TokenConfig:
 
 
 @dataclass(frozen=True)
+class IssuerConfig:
+    """One trusted JWT issuer (``[[vault.issuers]]``); key files are read by ``gateway.core.issuers``."""
+
+    key: str  # the dotted key that configured it, e.g. "vault.issuers[0]"
+    name: str
+    keys: Path | None = None  # PEM public keys / certificates
+    jwks: Path | None = None  # JWKS file
+    iss: str | None = None  # required value of the iss claim
+    aud: str | None = None  # required member of the aud claim
+
+
+@dataclass(frozen=True)
+class VaultConfig:
+    """``[vault]``: the Provide Vault dialect (see docs/vault.md)."""
+
+    issuers: tuple[IssuerConfig, ...] = ()
+    dev_issuer_key: Path | None = None  # private key of `gateway jwt issue`
+    allow_secret_import: bool = False  # tests/admin only: key create may carry key material
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration.  New sections become new fields (see module docstring)."""
 
@@ -188,6 +209,7 @@ class Config:
     state_dir: Path
     server: ServerConfig
     tokens: tuple[TokenConfig, ...]
+    vault: VaultConfig = VaultConfig()
 
     @property
     def token_names(self) -> list[str]:
@@ -540,6 +562,39 @@ def _parse_tokens(root: _Table) -> tuple[TokenConfig, ...]:
     return tuple(tokens)
 
 
+def _parse_issuers(table: _Table, name: str) -> tuple[IssuerConfig, ...]:
+    """``[[<section>.issuers]]``: reusable by any section that trusts JWT issuers."""
+    issuers: list[IssuerConfig] = []
+    for entry in table.array_of_tables(name):
+        issuer_name = entry.required_str("name", "the issuer's name")
+        if not _NAME_RE.fullmatch(issuer_name):
+            raise entry.error("name", f"expected 1-64 letters, digits, '.', '_' or '-', got {issuer_name!r}")
+        if any(i.name == issuer_name for i in issuers):
+            raise entry.error("name", f"{issuer_name!r} is used twice; expected a unique name")
+        keys, jwks = entry.optional_path("keys"), entry.optional_path("jwks")
+        if (keys is None) == (jwks is None):
+            raise entry.error("keys", f"set exactly one of {entry.key('keys')} (PEM public keys) "
+                                      f"and {entry.key('jwks')} (JWKS file)")
+        iss, aud = entry.optional_str("iss"), entry.optional_str("aud")
+        entry.finish()
+        issuers.append(IssuerConfig(key=entry.path, name=issuer_name, keys=keys, jwks=jwks, iss=iss, aud=aud))
+    return tuple(issuers)
+
+
+def _parse_vault(table: _Table | None) -> VaultConfig:
+    if table is None:
+        return VaultConfig()
+    issuers = _parse_issuers(table, "issuers")
+    dev_issuer_key = table.optional_path("dev_issuer_key")
+    if dev_issuer_key is not None and dev_issuer_key.suffix == ".pub":
+        raise table.error("dev_issuer_key", "must not end in .pub (its public half is written there)")
+    allow = table._get("allow_secret_import")
+    if allow is not None and not isinstance(allow, bool):
+        raise table.error("allow_secret_import", f"expected a boolean, got {_describe(allow)}")
+    table.finish()
+    return VaultConfig(issuers=issuers, dev_issuer_key=dev_issuer_key, allow_secret_import=bool(allow))
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -561,5 +616,6 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     server_table = root.subtable("server") or _Table({}, "server", file.parent)
     server = _parse_server(server_table)
     tokens = _parse_tokens(root)
+    vault = _parse_vault(root.subtable("vault"))
     root.finish()
-    return Config(path=file, state_dir=state_dir, server=server, tokens=tokens)
+    return Config(path=file, state_dir=state_dir, server=server, tokens=tokens, vault=vault)

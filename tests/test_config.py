@@ -139,7 +139,7 @@ def test_listen_wrong_type(tmp_path: Path) -> None:
     ("text", "key"),
     [
         ("hem = 1\n", "hem: unknown key"),
-        ("[vault]\nx = 1\n", "vault: unknown key"),
+        ("[vault]\nx = 1\n", "vault.x: unknown key"),  # [vault] exists now (issue 4)
         ("[server]\nlisten = \"127.0.0.1:1\"\nport = 1\n", "server.port: unknown key"),
     ],
 )
