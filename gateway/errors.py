@@ -20,6 +20,11 @@ class InvalidInput(GatewayError):
     """The request is malformed or names impossible values (bad point, bad length)."""
 
 
+class Unprocessable(InvalidInput):
+    """Well-formed input that lacks a required field or names an unknown value
+    (the Provide Vault dialect answers 422; dialects without the distinction, 400)."""
+
+
 class NotFound(GatewayError):
     """The named key, vault or object does not exist (or is not the caller's)."""
 

@@ -40,12 +40,13 @@ STATUS: dict[Dialect, dict[type[errors.GatewayError], int]] = {
     },
     Dialect.VAULT: {
         errors.InvalidInput: 400,
+        errors.Unprocessable: 422,  # Provide: missing fields, unknown specs
         errors.Unauthorized: 401,
         errors.Forbidden: 403,
         errors.NotFound: 404,
         errors.AlreadyExists: 409,
         errors.Unsupported: 422,
-        errors.PolicyDenied: 422,
+        errors.PolicyDenied: 403,  # e.g. secret import while vault.allow_secret_import is off
         errors.TokenRefused: 422,
         errors.TokenUnavailable: 503,
         errors.ConfigError: 500,
