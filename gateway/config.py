@@ -23,6 +23,8 @@ in ``pkcs11``); :class:`TokenSettings` is imported where it is built.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import ipaddress
 import logging
@@ -76,6 +78,8 @@ class ServerConfig:
     port: int = DEFAULT_PORT
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Peers whose X-Forwarded-Proto is believed (a TLS-terminating proxy); see gateway/http/transport.py.
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @property
     def listen(self) -> str:
@@ -202,6 +206,45 @@ class VaultConfig:
 
 
 @dataclass(frozen=True)
+class HemUserConfig:
+    """One ``[[hem.users]]`` entry: a HEM user known by public key (``gateway hem-user add``)."""
+
+    name: str
+    public_key: bytes  # 32-byte X25519 public key
+    role: str = "U"  # "U" user, "M" master
+
+
+HemRecipe = Literal["auto", "raw", "hkdf-sha256"]
+HEM_RECIPES: Final[tuple[HemRecipe, ...]] = ("auto", "raw", "hkdf-sha256")
+
+
+@dataclass(frozen=True)
+class HemConfig:
+    """``[hem]``: the Encedo HEM dialect (docs/hem.md)."""
+
+    eid: str | None = None  # None: the users file's eid
+    label: str = "pkcs11-gateway"  # the challenge's lbl
+    token: str | None = None  # token holding HEM keys; None: the first
+    derive_recipe: HemRecipe = "auto"  # auto: hkdf-sha256 where the token has HKDF, else raw
+    users: tuple[HemUserConfig, ...] = ()
+    users_file: Path | None = None
+    dev_user: str | None = None  # `tokens init` provisions it; `serve` prints its example
+    bearer_max_lifetime: int = 28800
+    failed_login_delay_ms: int = 500
+    allow_asymmetric_derive: bool = False
+    external_issuers: tuple[IssuerConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """``[audit]``: the chained-MAC audit log (gateway/core/audit.py)."""
+
+    directory: Path
+    token: str | None = None  # token holding the audit MAC key; None: the HEM token, else the first
+    segment_bytes: int = 1 << 20
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration.  New sections become new fields (see module docstring)."""
 
@@ -210,6 +253,8 @@ class Config:
     server: ServerConfig
     tokens: tuple[TokenConfig, ...]
     vault: VaultConfig = VaultConfig()
+    hem: HemConfig | None = None  # None: no [hem] section, the HEM dialect is off
+    audit: AuditConfig | None = None  # None (hand-built configs): state_dir/audit
 
     @property
     def token_names(self) -> list[str]:
@@ -398,8 +443,22 @@ def _parse_server(table: _Table) -> ServerConfig:
         missing = "tls_key" if tls_key is None else "tls_cert"
         present = "tls_cert" if missing == "tls_key" else "tls_key"
         raise table.error(missing, f"missing; expected a PEM file path since {table.key(present)} is set")
+    trusted_proxies = _parse_networks(table, "trusted_proxies")
     table.finish()
-    return ServerConfig(host=host, port=port, tls_cert=tls_cert, tls_key=tls_key)
+    return ServerConfig(host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, trusted_proxies=trusted_proxies)
+
+
+def _parse_networks(table: _Table, name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """A list of IP addresses or CIDR networks."""
+    value = table._get(name)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise table.error(name, 'expected a list of IP addresses or networks, e.g. ["127.0.0.1", "10.0.0.0/8"]')
+    try:
+        return tuple(ipaddress.ip_network(v, strict=False) for v in value)
+    except ValueError as exc:
+        raise table.error(name, f"{exc}; expected IP addresses or networks such as \"10.0.0.0/8\"") from None
 
 
 def _parse_pin(table: _Table) -> PinSource:
@@ -595,6 +654,78 @@ def _parse_vault(table: _Table | None) -> VaultConfig:
     return VaultConfig(issuers=issuers, dev_issuer_key=dev_issuer_key, allow_secret_import=bool(allow))
 
 
+def _bool(table: _Table, name: str, default: bool) -> bool:
+    value = table._get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise table.error(name, f"expected true or false, got {_describe(value)}")
+    return value
+
+
+def _parse_hem_users(table: _Table) -> tuple[HemUserConfig, ...]:
+    users: list[HemUserConfig] = []
+    for entry in table.array_of_tables("users"):
+        name = entry.required_str("name", "the user's name")
+        pubkey_text = entry.required_str("pubkey", "the user's X25519 public key in base64 (`gateway hem-user add`)")
+        try:
+            pubkey = base64.b64decode(pubkey_text, validate=True)
+        except (binascii.Error, ValueError):
+            raise entry.error("pubkey", "not valid base64") from None
+        if len(pubkey) != 32:
+            raise entry.error("pubkey", f"an X25519 public key is 32 bytes, got {len(pubkey)}")
+        role = entry.optional_str("role") or "U"
+        if role not in ("U", "M"):
+            raise entry.error("role", f'expected "U" (user) or "M" (master), got {role!r}')
+        entry.finish()
+        users.append(HemUserConfig(name, pubkey, role))
+    return tuple(users)
+
+
+def _parse_hem(table: _Table | None, tokens: tuple[TokenConfig, ...]) -> HemConfig | None:
+    if table is None:
+        return None
+    token = table.optional_str("token")
+    if token is not None and token not in [t.name for t in tokens]:
+        raise table.error("token", f"no token named {token!r}; expected one of {', '.join(t.name for t in tokens)}")
+    recipe = table.optional_str("derive_recipe") or "auto"
+    if recipe not in HEM_RECIPES:  # narrows to HemRecipe
+        raise table.error("derive_recipe", f'expected "auto", "raw" or "hkdf-sha256", got {recipe!r}')
+    label = table.optional_str("label") or "pkcs11-gateway"
+    if len(label) > 64:
+        raise table.error("label", "expected at most 64 characters")
+    config = HemConfig(
+        eid=table.optional_str("eid"),
+        label=label,
+        token=token,
+        derive_recipe=recipe,
+        users=_parse_hem_users(table),
+        users_file=table.optional_path("users_file"),
+        dev_user=table.optional_str("dev_user"),
+        bearer_max_lifetime=table.integer("bearer_max_lifetime", 28800, 60, 30 * 24 * 3600),
+        failed_login_delay_ms=table.integer("failed_login_delay_ms", 500, 0, 60000),
+        allow_asymmetric_derive=_bool(table, "allow_asymmetric_derive", False),
+        external_issuers=_parse_issuers(table, "external_issuers"),
+    )
+    if config.dev_user is not None and config.users_file is None:
+        raise table.error("dev_user", f"needs {table.key('users_file')} (where `gateway tokens init` writes the user)")
+    table.finish()
+    return config
+
+
+def _parse_audit(table: _Table | None, state_dir: Path, tokens: tuple[TokenConfig, ...]) -> AuditConfig:
+    if table is None:
+        return AuditConfig(directory=state_dir / "audit")
+    path = table.optional_str("path")
+    directory = state_dir / "audit" if path is None else Path(os.path.normpath(state_dir / path))
+    token = table.optional_str("token")
+    if token is not None and token not in [t.name for t in tokens]:
+        raise table.error("token", f"no token named {token!r}; expected one of {', '.join(t.name for t in tokens)}")
+    segment_bytes = table.integer("segment_bytes", 1 << 20, 4096, 1 << 30)
+    table.finish()
+    return AuditConfig(directory=directory, token=token, segment_bytes=segment_bytes)
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -617,5 +748,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     server = _parse_server(server_table)
     tokens = _parse_tokens(root)
     vault = _parse_vault(root.subtable("vault"))
+    hem = _parse_hem(root.subtable("hem"), tokens)
+    audit = _parse_audit(root.subtable("audit"), state_dir, tokens)
     root.finish()
-    return Config(path=file, state_dir=state_dir, server=server, tokens=tokens, vault=vault)
+    return Config(path=file, state_dir=state_dir, server=server, tokens=tokens, vault=vault, hem=hem, audit=audit)

@@ -138,7 +138,7 @@ def test_listen_wrong_type(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "key"),
     [
-        ("hem = 1\n", "hem: unknown key"),
+        ("[hem]\nx = 1\n", "hem.x: unknown key"),  # [hem] exists now (issue 3)
         ("[vault]\nx = 1\n", "vault.x: unknown key"),  # [vault] exists now (issue 4)
         ("[server]\nlisten = \"127.0.0.1:1\"\nport = 1\n", "server.port: unknown key"),
     ],
