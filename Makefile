@@ -16,8 +16,9 @@ BENCH_ARGS ?=
 VENV := .venv
 STATE := state
 # softhsm2 + libnss3 (softoken) are the dev/test tokens; libnss3-tools has
-# certutil; opensc has pkcs11-tool for poking at tokens by hand.
-APT_PACKAGES := softhsm2 libnss3 libnss3-tools opensc
+# certutil; opensc has pkcs11-tool for poking at tokens by hand; chromium
+# renders /docs headless in the tests.
+APT_PACKAGES := softhsm2 libnss3 libnss3-tools opensc chromium
 
 SYSTEM_STAMP := $(STATE)/.stamp-system-packages
 VENV_PY := $(VENV)/bin/python
