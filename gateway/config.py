@@ -48,6 +48,13 @@ log = logging.getLogger(__name__)
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8443
 DEFAULT_SESSIONS: Final = 4
+DEFAULT_MAX_BODY_BYTES: Final = 1024 * 1024
+DEFAULT_REQUEST_TIMEOUT: Final = 30.0  # seconds, whole request including the body upload
+DEFAULT_READINESS_TIMEOUT: Final = 5.0  # seconds; a hung token turns /readyz red, not hung
+DEFAULT_SHUTDOWN_TIMEOUT: Final = 30.0  # seconds for in-flight requests after SIGTERM
+MAX_WORKERS: Final = 64
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+LOG_FORMATS: Final = ("json", "text")
 MAX_SESSIONS: Final = 1024
 # PKCS#11 CK_TOKEN_INFO fixed-width fields: longer values can never match a token.
 MAX_LABEL_BYTES: Final = 32
@@ -80,6 +87,14 @@ class ServerConfig:
     tls_key: Path | None = None
     # Peers whose X-Forwarded-Proto is believed (a TLS-terminating proxy); see gateway/http/transport.py.
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    readiness_timeout: float = DEFAULT_READINESS_TIMEOUT
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+    workers: int = 1
+    # Optional plain-HTTP listener serving only /healthz, /readyz and /metrics.
+    plain_host: str | None = None
+    plain_port: int | None = None
 
     @property
     def listen(self) -> str:
@@ -91,6 +106,22 @@ class ServerConfig:
     def tls(self) -> bool:
         """Whether the listener serves HTTPS (both files are configured)."""
         return self.tls_cert is not None and self.tls_key is not None
+
+    @property
+    def plain_listen(self) -> str | None:
+        """The plain-HTTP probe/metrics address as ``host:port``, or None."""
+        if self.plain_host is None:
+            return None
+        host = f"[{self.plain_host}]" if ":" in self.plain_host else self.plain_host
+        return f"{host}:{self.plain_port}"
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """``[logging]``: level and line format of the process logs (stderr)."""
+
+    level: str = "info"  # one of LOG_LEVELS
+    format: str = "json"  # one of LOG_FORMATS: one JSON object per line, or plain text
 
 
 @dataclass(frozen=True)
@@ -255,6 +286,7 @@ class Config:
     vault: VaultConfig = VaultConfig()
     hem: HemConfig | None = None  # None: no [hem] section, the HEM dialect is off
     audit: AuditConfig | None = None  # None (hand-built configs): state_dir/audit
+    logging: LoggingConfig = LoggingConfig()
 
     @property
     def token_names(self) -> list[str]:
@@ -341,6 +373,29 @@ class _Table:
             raise self.error(name, f"missing; expected {what}")
         return value
 
+    def seconds(self, name: str, default: float, minimum: float, maximum: float) -> float:
+        """A duration in seconds (integer or float) in ``[minimum, maximum]``."""
+        value = self._get(name)
+        if value is None:
+            return default
+        expected = f"expected a number of seconds from {minimum:g} to {maximum:g}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.error(name, f"{expected}, got {_describe(value)}")
+        if not minimum <= value <= maximum:
+            raise self.error(name, f"{expected}, got {value:g}")
+        return float(value)
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        """One of ``choices`` (a string); ``default`` when absent."""
+        value = self._get(name)
+        if value is None:
+            return default
+        if value not in choices:
+            options = ", ".join(f'"{c}"' for c in choices)
+            got = repr(value) if isinstance(value, str) else _describe(value)
+            raise self.error(name, f"expected one of {options}, got {got}")
+        return str(value)
+
     def integer(self, name: str, default: int, minimum: int, maximum: int) -> int:
         """An integer in ``[minimum, maximum]``; ``default`` when absent."""
         value = self._get(name)
@@ -412,27 +467,32 @@ class _Table:
 # --------------------------------------------------------------------------- sections
 
 
-def _parse_listen(table: _Table) -> tuple[str, int]:
-    value = table.optional_str("listen")
+def _parse_address(table: _Table, name: str) -> tuple[str, int] | None:
+    """A ``host:port`` key (IPv6 bracketed), or None when absent."""
+    value = table.optional_str(name)
     if value is None:
-        return DEFAULT_HOST, DEFAULT_PORT
+        return None
     expected = 'expected "host:port" such as "127.0.0.1:8443" or "[::1]:8443"'
     match = re.fullmatch(r"\[([^\]]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", value)
     if match is None:
-        raise table.error("listen", f"{expected}, got {value!r}")
+        raise table.error(name, f"{expected}, got {value!r}")
     v6, v6_port, host, port_text = match.groups()
     if v6 is not None:
         try:
             ipaddress.IPv6Address(v6)
         except ValueError:
-            raise table.error("listen", f"{expected}; {v6!r} is not an IPv6 address") from None
+            raise table.error(name, f"{expected}; {v6!r} is not an IPv6 address") from None
         host, port_text = v6, v6_port
     elif not _HOSTNAME_RE.fullmatch(host):
-        raise table.error("listen", f"{expected}; {host!r} is not a host name or IPv4 address")
+        raise table.error(name, f"{expected}; {host!r} is not a host name or IPv4 address")
     port = int(port_text)
     if not 1 <= port <= 65535:
-        raise table.error("listen", f"{expected}; port must be from 1 to 65535, got {port}")
+        raise table.error(name, f"{expected}; port must be from 1 to 65535, got {port}")
     return host, port
+
+
+def _parse_listen(table: _Table) -> tuple[str, int]:
+    return _parse_address(table, "listen") or (DEFAULT_HOST, DEFAULT_PORT)
 
 
 def _parse_server(table: _Table) -> ServerConfig:
@@ -444,8 +504,30 @@ def _parse_server(table: _Table) -> ServerConfig:
         present = "tls_cert" if missing == "tls_key" else "tls_key"
         raise table.error(missing, f"missing; expected a PEM file path since {table.key(present)} is set")
     trusted_proxies = _parse_networks(table, "trusted_proxies")
+    limits = {
+        "max_body_bytes": table.integer("max_body_bytes", DEFAULT_MAX_BODY_BYTES, 1024, 1024**3),
+        "request_timeout": table.seconds("request_timeout", DEFAULT_REQUEST_TIMEOUT, 0.1, 3600),
+        "readiness_timeout": table.seconds("readiness_timeout", DEFAULT_READINESS_TIMEOUT, 0.1, 600),
+        "shutdown_timeout": table.seconds("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT, 0, 3600),
+        "workers": table.integer("workers", 1, 1, MAX_WORKERS),
+    }
+    plain = _parse_address(table, "plain_listen")
+    if plain is not None and plain == (host, port):
+        raise table.error("plain_listen", f"is the same address as {table.key('listen')}; "
+                                          "expected a separate host:port for plain HTTP")
     table.finish()
-    return ServerConfig(host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, trusted_proxies=trusted_proxies)
+    return ServerConfig(host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, trusted_proxies=trusted_proxies,
+                        plain_host=None if plain is None else plain[0],
+                        plain_port=None if plain is None else plain[1], **limits)
+
+
+def _parse_logging(table: _Table | None) -> LoggingConfig:
+    if table is None:
+        return LoggingConfig()
+    level = table.choice("level", "info", LOG_LEVELS)
+    fmt = table.choice("format", "json", LOG_FORMATS)
+    table.finish()
+    return LoggingConfig(level=level, format=fmt)
 
 
 def _parse_networks(table: _Table, name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -750,5 +832,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     vault = _parse_vault(root.subtable("vault"))
     hem = _parse_hem(root.subtable("hem"), tokens)
     audit = _parse_audit(root.subtable("audit"), state_dir, tokens)
+    logging_config = _parse_logging(root.subtable("logging"))
     root.finish()
-    return Config(path=file, state_dir=state_dir, server=server, tokens=tokens, vault=vault, hem=hem, audit=audit)
+    return Config(path=file, state_dir=state_dir, server=server, tokens=tokens, vault=vault, hem=hem, audit=audit,
+                  logging=logging_config)
