@@ -69,5 +69,9 @@ class Forbidden(GatewayError):
     """Valid credentials that do not allow this call (role or scope)."""
 
 
+class TlsRequired(GatewayError):
+    """An access-controlled call arrived over plain HTTP (HEM answers 418)."""
+
+
 class ConfigError(GatewayError):
     """The configuration is invalid; the message names the key and what is expected."""

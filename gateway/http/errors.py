@@ -36,6 +36,7 @@ STATUS: dict[Dialect, dict[type[errors.GatewayError], int]] = {
         errors.PolicyDenied: 406,
         errors.TokenRefused: 406,
         errors.TokenUnavailable: 409,
+        errors.TlsRequired: 418,  # "TLS connection required"
         errors.ConfigError: 500,
     },
     Dialect.VAULT: {
