@@ -18,7 +18,7 @@ from aiohttp import web
 
 from gateway.config import Config, ServerConfig
 from gateway.errors import ConfigError
-from gateway.http import health
+from gateway.http import health, vault
 from gateway.http.keys import CONFIG_KEY, TOKENS_KEY
 
 if TYPE_CHECKING:
@@ -58,6 +58,7 @@ def create_app(config: Config, tokens: TokenSet | None = None) -> web.Applicatio
     else:
         app[TOKENS_KEY] = tokens
     health.add_routes(app)
+    vault.add_routes(app)  # Provide Vault dialect, /api/v1/vaults (docs/vault.md)
     return app
 
 
