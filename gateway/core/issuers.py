@@ -46,6 +46,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from jwt.types import Options
 
 from gateway.errors import ConfigError, InvalidInput, Unauthorized
 
@@ -319,7 +320,7 @@ class IssuerSet:
         except jwt.PyJWTError:
             raise TokenRejected(RejectReason.MALFORMED, "the bearer token is not a well-formed JWT") from None
         alg = header.get("alg")
-        if alg not in (a.value for a in JwtAlg):
+        if not isinstance(alg, str) or alg not in {a.value for a in JwtAlg}:
             shown = alg if isinstance(alg, str) else type(alg).__name__
             raise TokenRejected(RejectReason.ALGORITHM, f"JWT algorithm {shown[:20]!r} is not accepted; expected RS256 or ES256")
         if "crit" in header:
@@ -335,7 +336,7 @@ class IssuerSet:
     @staticmethod
     def _decode(token: str, key: VerificationKey, issuer: Issuer, required: list[str]) -> dict[str, Any]:
         """Signature, presence of required claims, iss and aud (times: see _check_times)."""
-        options: dict[str, Any] = {
+        options: Options = {
             "require": required,
             "verify_signature": True,
             # Checked by _check_times, which also insists that they are numbers.

@@ -76,10 +76,10 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
     sub = claims.get("sub")
     if isinstance(sub, str) and ":" in sub:
         prefix, _, rest = sub.partition(":")
-        kind = next((k for k in OwnerKind if k.value == prefix), None)
+        sub_kind = next((k for k in OwnerKind if k.value == prefix), None)
         ident = _uuid(rest)
-        if kind is not None and ident is not None:
-            if ids[kind] is not None and ids[kind] != ident:
-                raise Unauthorized(f"unauthorized: sub and prvd.{kind.value}_id name different {kind.value}s")
-            ids[kind] = ident
+        if sub_kind is not None and ident is not None:
+            if ids[sub_kind] is not None and ids[sub_kind] != ident:
+                raise Unauthorized(f"unauthorized: sub and prvd.{sub_kind.value}_id name different {sub_kind.value}s")
+            ids[sub_kind] = ident
     return Principal(ids[OwnerKind.APPLICATION], ids[OwnerKind.ORGANIZATION], ids[OwnerKind.USER])
