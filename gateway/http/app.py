@@ -18,7 +18,7 @@ from aiohttp import web
 
 from gateway.config import Config, ServerConfig
 from gateway.errors import ConfigError
-from gateway.http import health, vault
+from gateway.http import health, hem, vault
 from gateway.http.keys import CONFIG_KEY, TOKENS_KEY
 
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ def create_app(config: Config, tokens: TokenSet | None = None) -> web.Applicatio
         app[TOKENS_KEY] = tokens
     health.add_routes(app)
     vault.add_routes(app)  # Provide Vault dialect, /api/v1/vaults (docs/vault.md)
+    hem.setup(app)  # Encedo HEM dialect, /api/{auth,keymgmt,crypto,logger,system} (docs/hem.md)
     return app
 
 

@@ -1,0 +1,308 @@
+"""The append-only audit trail: one JSON line per event, each chained to the one before by a MAC.
+
+Each record carries ``mac = HMAC-SHA256(K, prev_mac || record)`` where
+``record`` is the canonical JSON of the line without its ``mac`` member,
+``prev_mac`` the previous record's MAC (32 zero bytes before the first), and
+``K`` an HMAC key that never leaves the token (found by its label, see
+``gateway.core.system_keys``).  Changing, inserting, reordering or removing a
+record breaks the chain at that record; ``verify`` names the first bad one.
+Removing records from the END cannot show without an outside anchor: compare
+the last sequence number and MAC that ``verify`` reports with a copy kept
+elsewhere.
+
+The log is a directory of segment files ``<8 hex digits>.log`` (the hex is a
+Unix time at the segment's start, as HEM names its log files); a new segment
+starts when the current one reaches ``segment_bytes``.  Several processes may
+append to one directory: an ``flock`` on ``.lock`` serialises appends, and
+each append reads the previous record back from the file, so the chain holds
+across processes.  Records are written with one ``write`` on an ``O_APPEND``
+descriptor and not fsynced (the OS flushes them; an fsync per request would
+cost more than the request).
+
+Records never hold secrets: callers pass event names, status codes,
+subjects, kids and request ids only.
+"""
+
+from __future__ import annotations
+
+import enum
+import fcntl
+import hmac as hmac_lib
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from gateway.core.system_keys import ensure_system_key, find_system_key
+from gateway.errors import NotFound, Unsupported
+
+if TYPE_CHECKING:
+    from gateway.token import Token
+
+log = logging.getLogger(__name__)
+
+AUDIT_KEY_ROLE: Final = "audit-mac"
+GENESIS: Final = bytes(32)
+DEFAULT_SEGMENT_BYTES: Final = 1 << 20
+SEGMENT_RE: Final = re.compile(r"[0-9a-f]{8}")
+MAX_DETAIL_CHARS: Final = 256
+MAX_KIDS: Final = 8
+_TAIL_BYTES: Final = 16384
+_LOCK_NAME: Final = ".lock"
+
+MacFunction = Callable[[bytes], bytes]
+
+
+class AuditResult(enum.IntEnum):
+    """HEM's LOG_RESULT values (the other dialects use the same three)."""
+
+    OK = 0
+    FAILED = 1  # refused: authentication, authorisation, transport
+    ERROR = 2  # the request was wrong or could not be served
+
+    @classmethod
+    def for_status(cls, status: int) -> "AuditResult":
+        if status < 400:
+            return cls.OK
+        if status in (401, 403, 418):
+            return cls.FAILED
+        return cls.ERROR
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One access-controlled call: what, by whom, with which keys, and the answer."""
+
+    event: str  # e.g. "KEY_DERIVE"
+    result: AuditResult
+    status: int
+    subject: str = "-"  # who: "U:alice", "M:root", "ext:<issuer>:<sub>", "-" when unknown
+    kids: tuple[str, ...] = ()
+    request_id: str = ""
+    dialect: str = ""
+    code: int | None = None  # the dialect's numeric event type, e.g. HEM LOG_TYPE 26
+    detail: str = ""  # a short non-secret note (an error message)
+    time: float = field(default_factory=time.time)
+
+    def body(self, seq: int) -> dict[str, Any]:
+        """The record without its MAC, as stored."""
+        stamp = datetime.fromtimestamp(self.time, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        record: dict[str, Any] = {
+            "seq": seq,
+            "time": stamp,
+            "event": self.event,
+            "code": self.code,
+            "result": int(self.result),
+            "result_name": self.result.name,
+            "status": self.status,
+            "subject": self.subject[:200],
+            "kids": list(self.kids[:MAX_KIDS]),
+            "request_id": self.request_id[:128],
+            "dialect": self.dialect,
+        }
+        if self.detail:
+            record["detail"] = self.detail[:MAX_DETAIL_CHARS]
+        return record
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    """The first record that does not verify, and why."""
+
+    segment: str
+    line: int  # 1-based line in the segment
+    seq: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        seq = f" (seq {self.seq})" if self.seq is not None else ""
+        return f"segment {self.segment} line {self.line}{seq}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class VerifySummary:
+    """What a good log holds (print it: the tail is what an outside anchor must confirm)."""
+
+    records: int
+    segments: int
+    last_seq: int
+    last_mac: str
+
+
+def canonical(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def chain_input(prev_mac: bytes, record: dict[str, Any]) -> bytes:
+    return prev_mac + canonical(record)
+
+
+def segment_ids(directory: Path) -> list[str]:
+    """Segment ids in log order."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    return sorted(n[:-4] for n in names if n.endswith(".log") and SEGMENT_RE.fullmatch(n[:-4]))
+
+
+def _last_record(path: Path) -> dict[str, Any] | None:
+    """The last complete line of a segment, parsed (None for an empty file)."""
+    with path.open("rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - _TAIL_BYTES))
+        tail = f.read()
+    lines = [line for line in tail.split(b"\n") if line.strip()]
+    if not lines:
+        return None
+    return json.loads(lines[-1])
+
+
+class AuditLog:
+    """Appends chained records to a segment directory; the MAC is computed in ``token``."""
+
+    def __init__(self, directory: Path, token: Token, key_kid: bytes, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
+        self.directory = directory
+        self.token = token
+        self.key_kid = key_kid
+        self.segment_bytes = segment_bytes
+        self._lock = threading.Lock()  # flock does not exclude threads sharing one descriptor
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock_fd = os.open(directory / _LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+
+    @classmethod
+    async def open(cls, directory: Path, token: Token, **kwargs: Any) -> "AuditLog":
+        """Find (or create) the audit MAC key in ``token`` and open the log in ``directory``."""
+        from gateway.token import HashAlg
+
+        token.capabilities.require_hmac(HashAlg.SHA256)
+        info = await token.run(ensure_system_key, token, AUDIT_KEY_ROLE, "", lambda kid, label: _make_mac_key(token, kid, label))
+        return cls(directory, token, info.kid, **kwargs)
+
+    def close(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def mac(self, data: bytes) -> bytes:
+        """HMAC-SHA256 with the audit key, in the token (blocking)."""
+        from gateway.token import HashAlg
+
+        return self.token.hmac(self.key_kid, HashAlg.SHA256, data)
+
+    async def record(self, event: AuditEvent) -> int:
+        """Append ``event``; returns its sequence number."""
+        return await self.token.run(self._append, event)
+
+    def _append(self, event: AuditEvent) -> int:
+        with self._lock:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                path, last = self._current_segment()
+                prev_mac = bytes.fromhex(last["mac"]) if last else GENESIS
+                seq = int(last["seq"]) + 1 if last else 1
+                if last is None:
+                    # a new segment: carry the chain over from the previous one
+                    prev = self._previous_tail(path)
+                    if prev is not None:
+                        prev_mac, seq = bytes.fromhex(prev["mac"]), int(prev["seq"]) + 1
+                body = event.body(seq)
+                body["mac"] = self.mac(chain_input(prev_mac, body)).hex()
+                line = canonical(body) + b"\n"
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    os.write(fd, line)
+                finally:
+                    os.close(fd)
+                return seq
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _current_segment(self) -> tuple[Path, dict[str, Any] | None]:
+        ids = segment_ids(self.directory)
+        if ids:
+            path = self.directory / f"{ids[-1]}.log"
+            if path.stat().st_size < self.segment_bytes:
+                return path, _last_record(path)
+            new_id = max(int(time.time()), int(ids[-1], 16) + 1)
+        else:
+            new_id = int(time.time())
+        return self.directory / f"{new_id:08x}.log", None
+
+    def _previous_tail(self, new_path: Path) -> dict[str, Any] | None:
+        for seg in reversed(segment_ids(self.directory)):
+            path = self.directory / f"{seg}.log"
+            if path != new_path:
+                last = _last_record(path)
+                if last is not None:
+                    return last
+        return None
+
+    def segments(self) -> list[str]:
+        return segment_ids(self.directory)
+
+    def read_segment(self, segment: str) -> str:
+        if not SEGMENT_RE.fullmatch(segment):
+            raise NotFound(f"no audit log segment {segment!r}; ids are 8 hex digits")
+        try:
+            return (self.directory / f"{segment}.log").read_text(encoding="ascii")
+        except FileNotFoundError:
+            raise NotFound(f"no audit log segment {segment!r}") from None
+
+
+def _make_mac_key(token: Token, kid: bytes, label: str) -> Any:
+    from gateway.token import SecretSpec, SecretType, Usage
+
+    return token.generate_secret(SecretSpec(kid, label, SecretType.GENERIC, 32, Usage(sign=True)))
+
+
+def _records(directory: Path) -> Iterator[tuple[str, int, bytes]]:
+    for seg in segment_ids(directory):
+        with (directory / f"{seg}.log").open("rb") as f:
+            for number, line in enumerate(f, start=1):
+                yield seg, number, line
+
+
+def verify(directory: Path, mac: MacFunction) -> BadRecord | VerifySummary:
+    """Walk every segment in order and check the chain; the first bad record, or a summary.
+
+    ``mac(data)`` computes HMAC-SHA256 with the audit key (in the token).
+    """
+    prev_mac, expected_seq, count, segments = GENESIS, 1, 0, set()
+    for seg, number, raw in _records(directory):
+        segments.add(seg)
+        if not raw.endswith(b"\n"):
+            return BadRecord(seg, number, None, "the line is incomplete (no newline)")
+        try:
+            record = json.loads(raw)
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+            stored = bytes.fromhex(record.pop("mac"))
+            seq = record.get("seq")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            return BadRecord(seg, number, None, f"not a well-formed record ({exc})")
+        if seq != expected_seq:
+            return BadRecord(seg, number, seq if isinstance(seq, int) else None,
+                             f"sequence number {seq}, expected {expected_seq} (a record was removed or inserted)")
+        if not hmac_lib.compare_digest(mac(chain_input(prev_mac, record)), stored):
+            return BadRecord(seg, number, seq, "the MAC does not match: this record, or the one before it, was changed")
+        prev_mac, expected_seq, count = stored, expected_seq + 1, count + 1
+    return VerifySummary(count, len(segments), expected_seq - 1, prev_mac.hex() if count else "")
+
+
+def verify_with_token(directory: Path, token: Token) -> BadRecord | VerifySummary:
+    """``verify`` with the audit key found in ``token`` (blocking)."""
+    from gateway.token import HashAlg
+
+    info = find_system_key(token, AUDIT_KEY_ROLE, "")
+    if info is None:
+        raise Unsupported(f"token {token.name!r} holds no audit MAC key; nothing was ever logged with it", "audit-mac key")
+    return verify(directory, lambda data: token.hmac(info.kid, HashAlg.SHA256, data))
