@@ -1,7 +1,9 @@
-"""The ``gateway`` command: serve, provision dev tokens, show token capabilities.
+"""The ``gateway`` command: serve, provision dev tokens, show token capabilities and keys.
 
-Exit codes: 0 success, 1 failure, 2 usage or configuration error.  Expected
-errors print one line to stderr, no traceback (``--debug`` adds it).
+Exit codes (also in ``--help`` and docs/operations.md): 0 success, 1 failure,
+2 usage or configuration error, 3 a token is unavailable (module, slot, PIN),
+130 interrupted.  Expected errors print one line to stderr, no traceback
+(``--debug`` adds it).
 ``gateway.token`` and the HTTP layer are imported inside the commands, so
 ``gateway --help`` works even where the token adapter cannot load.
 """
@@ -18,12 +20,17 @@ from typing import Final
 
 from gateway import __version__
 from gateway.config import Config, load_config
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ConfigError, GatewayError, TokenUnavailable
 
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
+EXIT_TOKEN_UNAVAILABLE: Final = 3
 EXIT_INTERRUPTED: Final = 130  # shell convention for SIGINT
+EXIT_CODES_HELP: Final = (
+    "Exit codes: 0 ok; 1 failure; 2 usage or configuration error; 3 a token is unavailable "
+    "(module, slot or PIN); 130 interrupted."
+)
 CONFIG_ENV: Final = "GATEWAY_CONFIG"
 DEFAULT_CONFIG: Final = "config/dev.toml"
 
@@ -41,13 +48,51 @@ def _load(args: argparse.Namespace) -> Config:
 # --------------------------------------------------------------------------- commands
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the HTTP server until interrupted."""
-    config = _load(args)
-    from gateway.http.app import run_server  # lazy: pulls in aiohttp and the adapter
+def _worker_count(text: str) -> int:
+    """argparse type of --workers: an integer from 1 to MAX_WORKERS."""
+    from gateway.config import MAX_WORKERS
 
-    run_server(config)
-    return EXIT_OK
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 1 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_WORKERS}, got {value}")
+    return value
+
+
+def _worker_argv(args: argparse.Namespace, config: Config) -> Callable[[int], list[str]]:
+    """The command line of one worker process, given its ready-pipe descriptor."""
+    debug = ["--debug"] if args.debug else []
+
+    def argv(ready_fd: int) -> list[str]:
+        return [sys.executable, "-m", "gateway.cli", *debug, "serve", "--config", str(config.path),
+                "--worker-ready-fd", str(ready_fd)]
+
+    return argv
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the HTTP server (one process, or a supervisor and N workers) until SIGTERM/SIGINT."""
+    from gateway.logs import setup_logging
+
+    config = _load(args)
+    setup_logging("debug" if args.debug else config.logging.level, config.logging.format)
+    from gateway import server  # lazy: pulls in aiohttp
+
+    if args.worker_ready_fd is not None:  # started by a supervisor
+        return server.run_worker(config, reuse_port=True, on_ready=server.ready_notifier(args.worker_ready_fd))
+    workers = args.workers or config.server.workers
+    announce = lambda: print(server.banner(config, workers), flush=True)  # noqa: E731
+    if workers == 1:
+        return server.run_worker(config, on_ready=announce)
+    # Fail here, with the key named, rather than in every worker.
+    for token in config.tokens:
+        token.pin.resolve()
+    from gateway.http.app import ssl_context
+
+    ssl_context(config.server)
+    return server.Supervisor(config, workers, _worker_argv(args, config), on_ready=announce).run()
 
 
 def cmd_tokens_init(args: argparse.Namespace) -> int:
@@ -67,6 +112,14 @@ def cmd_tokens_init(args: argparse.Namespace) -> int:
 
         made = ensure_dev_issuer_key(config.vault.dev_issuer_key)
         print(f"vault: dev issuer key {'created' if made else 'kept'} at {config.vault.dev_issuer_key}")
+    from gateway import tls
+
+    if tls.uses_dev_tls(config):
+        dev = tls.ensure_dev_tls(tls.dev_tls_dir(config), tls.hosts_for(config))
+        state = "created" if dev.created_ca else "kept"
+        print(f"tls: development CA {state} at {dev.ca_cert}; server certificate "
+              f"{'issued' if dev.issued_server else 'kept'} at {dev.cert}")
+        print(f"tls: trust it with: {tls.curl_hint(config)}")
     return EXIT_OK
 
 
@@ -100,6 +153,54 @@ def format_table(rows: Sequence[tuple[str, str]], header: tuple[str, str] = ("fe
     return "\n".join(lines)
 
 
+def format_columns(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns with a header rule, indented by two spaces (last column unpadded)."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [c.ljust(w) for c, w in zip(cells[:-1], widths[:-1])] + [cells[-1]]
+        return "  " + "  ".join(padded)
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def _key_type(info: object) -> str:
+    """``AES-256``, ``GENERIC_SECRET-256`` or the curve name, for one KeyInfo."""
+    secret_type = getattr(info, "secret_type", None)
+    if secret_type is not None:
+        length = getattr(info, "length", None)
+        return f"{secret_type.value}-{length * 8}" if length else secret_type.value
+    curve = getattr(info, "curve", None)
+    return curve.value if curve is not None else "?"
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    """Every key on every configured token, as one table (or JSON lines)."""
+    import json
+
+    config = _load(args)
+    if args.token is not None and args.token not in config.token_names:
+        raise ConfigError(f"--token: no token named {args.token!r}; configured: {', '.join(config.token_names)}")
+    names = [args.token] if args.token else config.token_names
+    settings = [config.token(name).settings() for name in names]
+    from gateway.token import TokenSet  # lazy: loads pkcs11
+
+    tokens = TokenSet.open(settings)
+    try:
+        rows = [(token.name, info.kid.hex(), info.key_class.value, _key_type(info), info.label)
+                for token in tokens for info in token.list_keys()]
+    finally:
+        tokens.close()
+    header = ("token", "kid", "class", "type", "label")
+    if args.json:
+        for row in rows:
+            print(json.dumps(dict(zip(header, row))))
+        return EXIT_OK
+    print(format_columns(header, rows))
+    print(f"  ({len(rows)} key{'s' if len(rows) != 1 else ''} on {len(names)} token{'s' if len(names) != 1 else ''})")
+    return EXIT_OK
+
+
 def cmd_capabilities(args: argparse.Namespace) -> int:
     """Open every token and print what it can do."""
     config = _load(args)
@@ -126,8 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gateway",
         description="REST gateway performing key derivation inside PKCS#11 tokens.",
-        epilog=f"The config file defaults to ${CONFIG_ENV}, else {DEFAULT_CONFIG}. "
-               "Exit codes: 0 ok, 1 failure, 2 usage or configuration error.",
+        epilog=f"The config file defaults to ${CONFIG_ENV}, else {DEFAULT_CONFIG}. {EXIT_CODES_HELP} "
+               "More: gateway COMMAND --help, and docs/operations.md.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true",
@@ -143,9 +244,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser(
         "serve", parents=[common], help="run the HTTP server",
-        description="Open every configured token, then serve HTTP(S) on server.listen until "
-                    "interrupted. GET /healthz and GET /readyz report liveness and readiness.",
+        description="Open every configured token, then serve HTTPS (HTTP without server.tls_cert) on "
+                    "server.listen until SIGTERM or SIGINT. With --workers N, N processes share the port "
+                    "(each opens the tokens itself). On SIGTERM/SIGINT it stops accepting, lets in-flight "
+                    "requests finish within server.shutdown_timeout, then logs out of the tokens. "
+                    "GET /healthz, /readyz and /metrics report liveness, readiness and metrics; "
+                    "/docs is the API reference.",
+        epilog=EXIT_CODES_HELP,
     )
+    serve.add_argument("--workers", type=_worker_count, metavar="N",
+                       help="worker processes on the one port (1-64; default: server.workers, else 1)")
+    serve.add_argument("--worker-ready-fd", type=int, help=argparse.SUPPRESS)  # set by the supervisor
     serve.set_defaults(handler=cmd_serve)
 
     tokens = commands.add_parser(
@@ -158,7 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
         "init", parents=[common], help="create the development tokens (idempotent)",
         description="For every token with a [tokens.provision] table, create the SoftHSM2 token "
                     "or NSS database if missing, and its pin_file (random PIN, mode 0600) if "
-                    "missing. Existing tokens are left alone. Uses softhsm2-util and certutil.",
+                    "missing. Existing tokens are left alone. Uses softhsm2-util and certutil. "
+                    "When server.tls_cert and server.tls_key are in <state_dir>/tls (as in config/dev.toml), "
+                    "also create a development CA there (once) and a server certificate it signs.",
+        epilog=EXIT_CODES_HELP,
     )
     init.set_defaults(handler=cmd_tokens_init)
 
@@ -168,6 +280,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "features it supports.",
     )
     capabilities.set_defaults(handler=cmd_capabilities)
+
+    keys = commands.add_parser("keys", help="inspect the keys in the tokens", description="Key commands.")
+    keys_commands = keys.add_subparsers(title="commands", dest="keys_command", required=True, metavar="COMMAND")
+    keys_list = keys_commands.add_parser(
+        "list", parents=[common], help="list every key on every configured token",
+        description="Open every configured token and print one table of all its key objects: token, kid "
+                    "(CKA_ID in hex), class (secret, private, public), type (curve, or secret type and "
+                    "bits) and label (the gateway keeps key metadata there). No key material is read.",
+        epilog=EXIT_CODES_HELP,
+    )
+    keys_list.add_argument("--token", metavar="NAME", help="only this configured token")
+    keys_list.add_argument("--json", action="store_true", help="one JSON object per key instead of a table")
+    keys_list.set_defaults(handler=cmd_keys_list)
 
     jwt_parser = commands.add_parser("jwt", help="development JWTs", description="Development JWT commands.")
     jwt_commands = jwt_parser.add_subparsers(title="commands", dest="jwt_command", required=True, metavar="COMMAND")
@@ -202,6 +327,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"gateway: configuration error: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
+    except TokenUnavailable as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"gateway: token unavailable: {exc.message}", file=sys.stderr)
+        return EXIT_TOKEN_UNAVAILABLE
     except GatewayError as exc:
         if args.debug:
             traceback.print_exc()

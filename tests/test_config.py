@@ -47,7 +47,10 @@ def test_dev_config_loads() -> None:
     config = load_config(REPO / "config" / "dev.toml")
     assert isinstance(config, Config)
     assert config.state_dir == REPO / "state"
-    assert (config.server.host, config.server.port, config.server.tls) == ("127.0.0.1", 8443, False)
+    assert (config.server.host, config.server.port, config.server.tls) == ("127.0.0.1", 8443, True)
+    # the dev CA's files, made by `gateway tokens init` (gateway.tls)
+    assert config.server.tls_cert == REPO / "state" / "tls" / "server.crt"
+    assert config.server.tls_key == REPO / "state" / "tls" / "server.key"
     assert config.token_names == ["softhsm", "nss"]
 
     softhsm = config.token("softhsm")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -43,7 +44,7 @@ async def test_app_opens_tokens_from_config(aiohttp_client: ClientFactory, confi
 
     health = await client.get("/healthz")
     assert health.status == 200
-    assert await health.json() == {"status": "ok"}
+    assert await health.json() == {"status": "ok", "pid": os.getpid()}
 
     ready = await client.get("/readyz")
     assert ready.status == 200

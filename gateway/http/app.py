@@ -1,9 +1,10 @@
-"""The aiohttp application factory and the server runner.
+"""The aiohttp application factory and the TLS context.
 
-The factory only wires things together: routes, application state and the
-token set's lifetime.  The token set is opened on startup (in a worker
-thread: opening loads modules and logs in, which blocks) and closed on
+The factory only wires things together: routes, middlewares, application
+state and the token set's lifetime.  The token set is opened on startup (in a
+worker thread: opening loads modules and logs in, which blocks) and closed on
 shutdown, unless the caller passed one in, in which case the caller owns it.
+Running the server (workers, signals, graceful shutdown) is ``gateway.server``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from aiohttp import web
 
 from gateway.config import Config, ServerConfig
 from gateway.errors import ConfigError
-from gateway.http import health, hem, vault
+from gateway.core import metrics
+from gateway.http import docs, health, hem, middleware, vault
+from gateway.http import metrics as metrics_routes
 from gateway.http.keys import CONFIG_KEY, TOKENS_KEY
 
 if TYPE_CHECKING:
@@ -26,6 +29,14 @@ if TYPE_CHECKING:
     from gateway.token.settings import TokenSettings
 
 log = logging.getLogger(__name__)
+
+# Closing logs out every session; a token stuck in a call (a hung HSM) must not
+# keep the process from exiting.
+CLOSE_TIMEOUT_SECONDS = 10.0
+
+
+class TokenCloseTimeout(Exception):
+    """The token set did not close in time (a call is stuck in the token)."""
 
 
 def _owned_tokens(settings: list[TokenSettings]) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -36,11 +47,19 @@ def _owned_tokens(settings: list[TokenSettings]) -> Callable[[web.Application], 
 
         loop = asyncio.get_running_loop()
         tokens = await loop.run_in_executor(None, TokenSet.open, settings)
+        metrics.instrument_tokens(tokens)
         app[TOKENS_KEY] = tokens
         try:
             yield
         finally:
-            await loop.run_in_executor(None, tokens.close)
+            closing = loop.run_in_executor(None, tokens.close)
+            try:
+                await asyncio.wait_for(asyncio.shield(closing), CLOSE_TIMEOUT_SECONDS)
+            except TimeoutError:
+                raise TokenCloseTimeout(
+                    f"the tokens did not close within {CLOSE_TIMEOUT_SECONDS:g}s (a call is stuck in a token)"
+                ) from None
+            log.info("tokens closed (sessions logged out)")
 
     return lifecycle
 
@@ -51,13 +70,18 @@ def create_app(config: Config, tokens: TokenSet | None = None) -> web.Applicatio
     PINs are resolved here, before the server starts, so a missing PIN file or
     variable is a ConfigError at start rather than a failed startup hook.
     """
-    app = web.Application()
+    app = web.Application(client_max_size=config.server.max_body_bytes,
+                          middlewares=middleware.service_middlewares(config.server))
+    middleware.install(app)
     app[CONFIG_KEY] = config
     if tokens is None:
         app.cleanup_ctx.append(_owned_tokens(config.token_settings()))
     else:
+        metrics.instrument_tokens(tokens)
         app[TOKENS_KEY] = tokens
     health.add_routes(app)
+    metrics_routes.add_routes(app)
+    docs.add_routes(app)
     vault.add_routes(app)  # Provide Vault dialect, /api/v1/vaults (docs/vault.md)
     hem.setup(app)  # Encedo HEM dialect, /api/{auth,keymgmt,crypto,logger,system} (docs/hem.md)
     return app
@@ -82,12 +106,15 @@ def ssl_context(server: ServerConfig) -> ssl.SSLContext | None:
     return context
 
 
-def run_server(config: Config) -> None:
-    """Serve until interrupted (blocking), on ``server.listen``, over TLS if configured."""
-    context = ssl_context(config.server)
-    app = create_app(config)
-    scheme = "https" if context is not None else "http"
-    log.info("starting on %s://%s (tokens: %s)", scheme, config.server.listen,
-             ", ".join(config.token_names))
-    web.run_app(app, host=config.server.host, port=config.server.port, ssl_context=context,
-                print=None)
+def create_probe_app(config: Config, main: web.Application) -> web.Application:
+    """The plain-HTTP app of ``server.plain_listen``: /healthz, /readyz, /metrics only.
+
+    It shares ``main``'s token set; build it after ``main`` has started.
+    """
+    app = web.Application(client_max_size=1024, middlewares=middleware.service_middlewares(config.server))
+    middleware.install(app)
+    app[CONFIG_KEY] = config
+    app[TOKENS_KEY] = main[TOKENS_KEY]
+    health.add_routes(app)
+    metrics_routes.add_routes(app)
+    return app

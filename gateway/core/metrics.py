@@ -1,0 +1,193 @@
+"""Prometheus metrics of the gateway, and the small API the dialects use to count events.
+
+Dialect code counts its own events::
+
+    from gateway.core import metrics
+    metrics.auth_failures.labels(dialect="hem").inc()     # a request refused with 401
+    metrics.keys_derived.labels(dialect="vault").inc()    # a key created by derivation
+
+The HTTP layer records requests (:func:`observe_request`), token calls are
+timed by :func:`instrument_tokens` (it wraps ``Token.run`` of each token from
+the outside), and session-pool gauges are refreshed from
+``Token.pool_stats()`` by :func:`update_token_gauges`.
+
+With several workers (``gateway serve --workers N``) the supervisor points
+``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before the workers start;
+prometheus_client then keeps every worker's values in files there and
+:func:`render` adds them up, so any worker answers ``/metrics`` for all of
+them.  Gauges say how they combine (``livesum``: summed over live workers).
+
+Label values are bounded sets (route templates, token names, adapter method
+names, dialect names): never a kid, a path with ids in it, or anything a
+client chose freely.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+if TYPE_CHECKING:
+    from gateway.token import Token, TokenSet
+
+T = TypeVar("T")
+
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+
+# HTTP latency: fast probes to slow HSM round trips.
+_HTTP_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Token calls: SoftHSM2 in-memory ops take tens of microseconds.
+_TOKEN_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                         2.5, 5.0)
+
+# --------------------------------------------------------------------------- the metrics
+
+# The *_created series double the output and say nothing a scraper needs.
+disable_created_metrics()
+
+http_requests = Counter(
+    "gateway_http_requests", "HTTP requests answered, by route template, method and status code",
+    ["route", "method", "status"],
+)
+http_request_seconds = Histogram(
+    "gateway_http_request_duration_seconds", "Time from request start to response, by route template and method",
+    ["route", "method"], buckets=_HTTP_BUCKETS,
+)
+token_call_seconds = Histogram(
+    "gateway_token_call_duration_seconds",
+    "Token adapter call latency by token and operation (includes waiting for a session thread)",
+    ["token", "operation"], buckets=_TOKEN_BUCKETS,
+)
+token_call_errors = Counter(
+    "gateway_token_call_errors", "Token adapter calls that raised, by token, operation and error class",
+    ["token", "operation", "error"],
+)
+token_sessions_in_use = Gauge(
+    "gateway_token_sessions_in_use", "PKCS#11 sessions currently lent out to a call", ["token"],
+    multiprocess_mode="livesum",
+)
+token_sessions_waiting = Gauge(
+    "gateway_token_sessions_waiting", "Calls waiting for a free PKCS#11 session", ["token"],
+    multiprocess_mode="livesum",
+)
+token_sessions_open = Gauge(
+    "gateway_token_sessions_open", "PKCS#11 sessions open (pool size is the upper bound)", ["token"],
+    multiprocess_mode="livesum",
+)
+token_sessions_max = Gauge(
+    "gateway_token_sessions_max", "Configured session pool size", ["token"], multiprocess_mode="livesum",
+)
+token_ready = Gauge(
+    "gateway_token_ready", "1 when the token answered the last readiness check, else 0", ["token"],
+    multiprocess_mode="livemin",
+)
+auth_failures = Counter(
+    "gateway_auth_failures", "Requests refused for missing, malformed, forged or expired credentials",
+    ["dialect"],
+)
+keys_derived = Counter(
+    "gateway_keys_derived", "Keys created in a token by derivation", ["dialect"],
+)
+
+# --------------------------------------------------------------------------- recording
+
+
+def observe_request(route: str, method: str, status: int, seconds: float) -> None:
+    """Count one answered HTTP request."""
+    http_requests.labels(route=route, method=method, status=str(status)).inc()
+    http_request_seconds.labels(route=route, method=method).observe(seconds)
+
+
+def set_token_ready(states: dict[str, bool]) -> None:
+    """Record the outcome of a readiness check (token name -> ready)."""
+    for name, ok in states.items():
+        token_ready.labels(token=name).set(1 if ok else 0)
+
+
+def update_token_gauges(tokens: Iterable[Token]) -> None:
+    """Copy each token's session-pool statistics into the gauges (cheap: no PKCS#11 call)."""
+    for token in tokens:
+        stats = token.pool_stats()
+        token_sessions_in_use.labels(token=token.name).set(stats.in_use)
+        token_sessions_waiting.labels(token=token.name).set(stats.waiting)
+        token_sessions_open.labels(token=token.name).set(stats.open)
+        token_sessions_max.labels(token=token.name).set(stats.size)
+
+
+def _operation(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def instrument_token(token: Token) -> None:
+    """Time every ``await token.run(fn, ...)`` of ``token`` by ``fn.__name__``; idempotent.
+
+    The call also runs in a copy of the caller's context, so log lines the
+    adapter writes from its worker thread carry the request id.
+    """
+    if getattr(token, "_gateway_metrics", False):
+        return
+    original = token.run
+    name = token.name
+
+    async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        operation = _operation(fn)
+        context = contextvars.copy_context()
+        start = time.perf_counter()
+        try:
+            return await original(context.run, fn, *args, **kwargs)
+        except Exception as exc:
+            token_call_errors.labels(token=name, operation=operation, error=type(exc).__name__).inc()
+            raise
+        finally:
+            token_call_seconds.labels(token=name, operation=operation).observe(time.perf_counter() - start)
+
+    token.run = run  # type: ignore[method-assign]
+    token._gateway_metrics = True  # type: ignore[attr-defined]
+
+
+def instrument_tokens(tokens: TokenSet) -> None:
+    """:func:`instrument_token` for every token of the set."""
+    for token in tokens:
+        instrument_token(token)
+
+
+# --------------------------------------------------------------------------- exposition
+
+
+def multiprocess_dir() -> str | None:
+    """The shared metrics directory when running as one of several workers, else None."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def render() -> bytes:
+    """The metrics in Prometheus text format: this process's, or all workers' added up."""
+    if multiprocess_dir() is None:
+        return generate_latest(REGISTRY)
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry)
+
+
+def worker_exited(pid: int, directory: str) -> None:
+    """Drop the live gauges of a worker that ended (called by the supervisor; its
+    counters and histograms stay, so totals never go backwards)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, directory)

@@ -1,0 +1,235 @@
+"""Middlewares every request passes through, whatever its dialect.
+
+Outermost first:
+
+1. :func:`request_context` gives the request an id (``request["request_id"]``,
+   the ``X-Request-Id`` response header, the log context), then logs and
+   counts the answer.
+2. :func:`json_errors` turns every failure into a JSON ``{"message": ...}``
+   answer: aiohttp's own 404/405/413, gateway errors that no dialect mapped,
+   and unexpected exceptions (500, logged with the request id; the client
+   never sees a stack trace).
+3. :func:`limits` refuses bodies over ``server.max_body_bytes`` (413) and
+   bounds the whole request, body upload included, by
+   ``server.request_timeout`` (504).  It reads the body before the handler
+   runs, so handlers never wait on a slow client and the limit holds for
+   chunked bodies too.
+
+:func:`security_headers` is a response-prepare signal, so it also covers
+streamed and static answers.  :class:`GatewayRunner` makes the few answers
+aiohttp writes before any middleware runs (malformed HTTP) JSON as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any, Final
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from gateway import errors
+from gateway.config import ServerConfig
+from gateway.core import metrics
+from gateway.http.errors import Dialect, status_for
+from gateway.logs import REQUEST_ID
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("gateway.access")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+REQUEST_ID_HEADER: Final = "X-Request-Id"
+REQUEST_ID_KEY: Final = "request_id"  # request["request_id"], read by the audit trail
+SERVER_HEADER: Final = "pkcs11-gateway"  # deliberately without a version
+# An id a proxy sent along is kept when it is short and harmless in logs and audit records.
+_INCOMING_ID_RE: Final = re.compile(r"[A-Za-z0-9._:-]{8,64}")
+UNMATCHED_ROUTE: Final = "unmatched"
+
+# Where no page says otherwise: an API answer is data, never a document to render.
+API_CSP: Final = "default-src 'none'; frame-ancestors 'none'"
+HSTS: Final = "max-age=31536000"
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def route_label(request: web.BaseRequest) -> str:
+    """The route template (``/api/keymgmt/get/{kid}``), never the concrete path."""
+    match_info = getattr(request, "match_info", None)
+    route = getattr(match_info, "route", None)
+    resource = getattr(route, "resource", None)
+    if resource is None or getattr(match_info, "http_exception", None) is not None:
+        return UNMATCHED_ROUTE
+    return str(resource.canonical)
+
+
+def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    """The common error body ``{"message": ...}``."""
+    return web.Response(status=status, body=json.dumps({"message": message}),
+                        content_type="application/json", headers=headers)
+
+
+# --------------------------------------------------------------------------- middlewares
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    request_id = incoming if _INCOMING_ID_RE.fullmatch(incoming) else new_request_id()
+    request[REQUEST_ID_KEY] = request_id
+    token = REQUEST_ID.set(request_id)
+    start = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        response.headers[REQUEST_ID_HEADER] = request_id
+        return response
+    except web.HTTPException as exc:  # redirects, and JSON errors a dialect raised as exceptions
+        status = exc.status
+        raise
+    finally:
+        elapsed = time.perf_counter() - start
+        route = route_label(request)
+        metrics.observe_request(route, request.method, status, elapsed)
+        access_log.info(
+            "%s %s %d", request.method, request.rel_url.path, status,
+            extra={"fields": {"method": request.method, "path": request.rel_url.path, "route": route,
+                              "status": status, "duration_ms": round(elapsed * 1000, 3),
+                              "remote": request.remote}},
+        )
+        REQUEST_ID.reset(token)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        # aiohttp's own answers (404, 405, 413, ...) come as text/plain.
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        return json_error(exc.status, _http_message(exc), headers)
+    except errors.GatewayError as exc:
+        # Dialects map their own errors; what reaches here gets the service table.
+        status = status_for(exc, Dialect.SERVICE)
+        if status >= 500:
+            log.error("unmapped %s answered %d: %s", type(exc).__name__, status, exc.message)
+            return json_error(status, "internal error")
+        return json_error(status, exc.message)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.rel_url.path)
+        return json_error(500, f"internal error (request id {request.get(REQUEST_ID_KEY, '-')})")
+
+
+def _http_message(exc: web.HTTPException) -> str:
+    if isinstance(exc, web.HTTPNotFound):
+        return "no such route"
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return f"method {exc.method} is not allowed here; allowed: {allowed}"
+    text = exc.text or ""
+    # aiohttp's texts start with "<status>: "; keep what follows.
+    prefix = f"{exc.status}: "
+    return text[len(prefix):] if text.startswith(prefix) else (text or exc.reason)
+
+
+def limits(server: ServerConfig) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Body size limit and per-request timeout from ``server``."""
+    max_body = server.max_body_bytes
+    timeout = server.request_timeout
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        length = request.content_length
+        if length is not None and length > max_body:
+            # Answer before reading; the connection closes, so the rest is never read.
+            raise web.HTTPRequestEntityTooLarge(max_size=max_body, actual_size=length)
+        try:
+            async with asyncio.timeout(timeout) as scope:
+                if request.body_exists:
+                    await request.read()  # aiohttp enforces client_max_size while reading
+                return await handler(request)
+        except TimeoutError:
+            if not scope.expired():
+                raise  # a TimeoutError of the handler's own
+            log.warning("request timed out after %gs", timeout)
+            return json_error(504, f"the request did not complete within {timeout:g} seconds")
+
+    return middleware
+
+
+def service_middlewares(server: ServerConfig) -> list[Any]:
+    """The middlewares of every gateway application, outermost first."""
+    return [request_context, json_errors, limits(server)]
+
+
+# --------------------------------------------------------------------------- headers
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: hardening headers on every answer (a handler may preset CSP)."""
+    headers = response.headers
+    headers["Server"] = SERVER_HEADER
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    headers.setdefault("Cache-Control", "no-store")
+    headers.setdefault("Content-Security-Policy", API_CSP)
+    headers.setdefault("Cross-Origin-Resource-Policy", "same-origin")
+    if request.secure:
+        headers.setdefault("Strict-Transport-Security", HSTS)
+    request_id = request.get(REQUEST_ID_KEY)
+    if request_id:
+        headers.setdefault(REQUEST_ID_HEADER, request_id)
+
+
+def install(app: web.Application) -> None:
+    """Register the response signal (the middlewares go to the Application constructor)."""
+    app.on_response_prepare.append(security_headers)
+
+
+# --------------------------------------------------------------------------- malformed HTTP
+
+
+class _JsonErrorRequestHandler(RequestHandler):  # type: ignore[misc]
+    """Answers aiohttp produces before routing (malformed requests) as JSON, too."""
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs, and raises if already answering
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "error"
+        text = "internal error" if status >= 500 else f"malformed request ({phrase})"
+        response = json_error(status, text, {"Server": SERVER_HEADER, "X-Content-Type-Options": "nosniff",
+                                             "Cache-Control": "no-store"})
+        response.force_close()
+        return response
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class GatewayRunner(web.AppRunner):
+    """An AppRunner whose low-level error answers are JSON without a version banner."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _JsonErrorServer  # same state, one overridden factory method
+        return server

@@ -1,0 +1,79 @@
+"""Process logging: one JSON object per line on stderr (or plain text), with the request id.
+
+The HTTP middleware puts the request id into :data:`REQUEST_ID` (a context
+variable), so every log line written while a request is handled carries it,
+including lines from token worker threads (the metrics hook runs adapter calls
+in a copy of the caller's context).  Extra fields passed with
+``log.info(..., extra={"fields": {...}})`` become top-level keys.
+
+Nothing here knows which values are secret: the rule is simply that no caller
+logs PINs, passphrases, tokens, keys, request bodies or Authorization headers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextvars import ContextVar
+from datetime import datetime, timezone
+from typing import Any, Final, TextIO
+
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+LEVELS: Final = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+# Loggers that are chatty at INFO and say nothing an operator needs.
+_QUIET: Final = ("aiohttp.access",)
+
+
+class JsonFormatter(logging.Formatter):
+    """``{"ts", "level", "logger", "pid", "msg", "request_id"?, "exc"?, ...fields}``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+            "msg": record.getMessage(),
+        }
+        request_id = getattr(record, "request_id", None) or REQUEST_ID.get()
+        if request_id:
+            entry["request_id"] = request_id
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            for key, value in fields.items():
+                entry.setdefault(key, value)
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """``time LEVEL [pid] logger: message (request id) key=value ...``, for people at a terminal."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict) and fields:
+            text += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+        request_id = getattr(record, "request_id", None) or REQUEST_ID.get()
+        if request_id:
+            text += f" request_id={request_id}"
+        return text
+
+
+def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
+    """Replace the root handlers with one stderr handler in ``fmt`` ("json" or "text")."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(LEVELS.get(level, logging.INFO))
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(logging.WARNING)
