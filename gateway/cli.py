@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from gateway import __version__
+from gateway import __version__, hem_commands
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError, GatewayError, TokenUnavailable
 
@@ -112,6 +112,9 @@ def cmd_tokens_init(args: argparse.Namespace) -> int:
 
         made = ensure_dev_issuer_key(config.vault.dev_issuer_key)
         print(f"vault: dev issuer key {'created' if made else 'kept'} at {config.vault.dev_issuer_key}")
+    hem_message = hem_commands.provision_dev_user(config)  # [hem] dev_user: its entry and passphrase
+    if hem_message:
+        print(hem_message)
     from gateway import tls
 
     if tls.uses_dev_tls(config):
@@ -306,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--claims", metavar="JSON", help='extra claims as a JSON object, e.g. \'{"prvd": {...}}\'')
     issue.add_argument("--lifetime", type=int, default=3600, metavar="SECONDS", help="validity (default 3600)")
     issue.set_defaults(handler=cmd_jwt_issue)
+    hem_commands.add_commands(commands, common)  # hem-user add, audit verify
     return parser
 
 

@@ -165,9 +165,22 @@ def provision_dev_user(users_file: Path, name: str, eid: str | None) -> tuple[st
     if current == wanted and existing.eid == file_eid:
         return f"HEM dev user {name!r} already in {users_file}", False
     others = [u for u in existing.users if u.name != name]
-    lines = ["# HEM users (written by `gateway tokens init`; public keys only, never passphrases)",
-             f'eid = "{file_eid}"', ""]
-    for user in [*others, wanted]:
-        lines.append(user_entry_toml(user, "users"))
-    _write_private(users_file, "\n".join(lines))
+    _write_private(users_file, _users_file_text(file_eid, [*others, wanted]))
     return f"HEM dev user {name!r} written to {users_file}", True
+
+
+def _users_file_text(eid: str | None, users: Iterable[HemUser]) -> str:
+    lines = ["# HEM users (public keys only, never passphrases; `gateway hem-user add --write` adds one)"]
+    if eid:
+        lines.append(f'eid = "{eid}"')
+    lines.append("")
+    lines += [user_entry_toml(u, "users") for u in users]
+    return "\n".join(lines)
+
+
+def add_user_to_file(path: Path, user: HemUser, eid: str | None) -> None:
+    """Add ``user`` to the users file (replacing one of the same name); keeps its eid."""
+    existing = load_users_file(path) if path.exists() else UsersFile(None, ())
+    users = [u for u in existing.users if u.name != user.name] + [user]
+    merge_users(users)
+    _write_private(path, _users_file_text(existing.eid or eid, users))

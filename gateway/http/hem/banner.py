@@ -9,10 +9,13 @@ the passphrase (docs/hem.md).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import shlex
 import sys
+from pathlib import Path
 
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
@@ -42,10 +45,31 @@ def _ca_file(app: web.Application) -> str | None:
     return None
 
 
+_printed_by: list[int] = []  # keeps the lock's descriptor open for the process's lifetime
+
+
+def _first_worker(state_dir: Path) -> bool:
+    """Only one process of a multi-worker server prints (whichever locks first)."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(state_dir / "hem-banner.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _printed_by.append(fd)
+    return True
+
+
 async def print_banner(app: web.Application) -> None:
     config = app[CONFIG_KEY]
     hem = config.hem
     assert hem is not None and hem.dev_user is not None and hem.users_file is not None
+    if not _first_worker(config.state_dir / "hem"):
+        return
     try:
         service = await hem_service(app)
         user = next((u for u in service.auth.users if u.name == hem.dev_user), None)
