@@ -1,0 +1,163 @@
+"""The chained-MAC audit log on a real token: appends, verification, tampering, segments, concurrency."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.core.audit import AuditEvent, AuditLog, AuditResult, BadRecord, VerifySummary, segment_ids, verify, verify_with_token
+from gateway.token import HashAlg, Token, TokenSet
+from gateway.token.settings import TokenSettings
+
+
+@pytest.fixture(scope="module")
+def token(softhsm_settings: object) -> Iterator[Token]:
+    tokens = TokenSet.open([softhsm_settings("hem-raw2", name="audit")])  # type: ignore[operator]
+    yield tokens["audit"]
+    tokens.close()
+
+
+def event(i: int, status: int = 200) -> AuditEvent:
+    return AuditEvent(event="KEY_DERIVE", code=26, result=AuditResult.for_status(status), status=status,
+                      subject="U:alice", kids=(f"{i:032x}",), request_id=f"req-{i}", dialect="hem")
+
+
+async def open_log(token: Token, directory: Path, **kwargs: object) -> AuditLog:
+    return await AuditLog.open(directory, token, **kwargs)  # type: ignore[arg-type]
+
+
+def lines(directory: Path) -> list[tuple[Path, int, dict[str, object]]]:
+    out = []
+    for seg in segment_ids(directory):
+        path = directory / f"{seg}.log"
+        for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+            out.append((path, number, json.loads(raw)))
+    return out
+
+
+def rewrite(path: Path, number: int, change: object) -> None:
+    raw = path.read_bytes().splitlines(keepends=True)
+    raw[number - 1] = change(raw[number - 1])  # type: ignore[operator]
+    path.write_bytes(b"".join(raw))
+
+
+async def test_records_chain_and_verify(token: Token, tmp_path: Path) -> None:
+    log = await open_log(token, tmp_path)
+    seqs = [await log.record(event(i)) for i in range(5)]
+    assert seqs == [1, 2, 3, 4, 5]
+    result = await token.run(verify_with_token, tmp_path, token)
+    assert isinstance(result, VerifySummary)
+    assert (result.records, result.segments, result.last_seq) == (5, 1, 5)
+    records = [r for _, _, r in lines(tmp_path)]
+    assert records[2]["event"] == "KEY_DERIVE" and records[2]["code"] == 26 and records[2]["result_name"] == "OK"
+    assert records[2]["kids"] == [f"{2:032x}"] and records[2]["request_id"] == "req-2"
+
+
+async def test_chain_is_hmac_of_previous_mac_and_record(token: Token, tmp_path: Path) -> None:
+    """The MAC is HMAC-SHA256(K, prev || canonical record): recompute it with the key in the token."""
+    log = await open_log(token, tmp_path)
+    await log.record(event(1))
+    await log.record(event(2))
+    first, second = (r for _, _, r in lines(tmp_path))
+    body = {k: v for k, v in second.items() if k != "mac"}
+    data = bytes.fromhex(str(first["mac"])) + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    assert token.hmac(log.key_kid, HashAlg.SHA256, data).hex() == second["mac"]
+    # and it is not a plain hash nor a MAC under some known key
+    assert second["mac"] != hashlib.sha256(data).hexdigest()
+    assert second["mac"] != hmac.new(bytes(32), data, hashlib.sha256).hexdigest()
+
+
+@pytest.mark.parametrize("field", ["status", "subject", "kids", "time"])
+async def test_a_changed_record_is_named(token: Token, tmp_path: Path, field: str) -> None:
+    log = await open_log(token, tmp_path)
+    for i in range(6):
+        await log.record(event(i))
+    path, number, record = lines(tmp_path)[3]
+
+    def change(raw: bytes) -> bytes:
+        data = json.loads(raw)
+        data[field] = {"status": 403, "subject": "U:mallory", "kids": [], "time": "2000-01-01T00:00:00.000Z"}[field]
+        return json.dumps(data, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+    rewrite(path, number, change)
+    result = await token.run(verify_with_token, tmp_path, token)
+    assert isinstance(result, BadRecord)
+    assert (result.line, result.seq) == (4, 4) and "MAC" in result.reason
+
+
+async def test_removed_and_reordered_records_are_named(token: Token, tmp_path: Path) -> None:
+    log = await open_log(token, tmp_path)
+    for i in range(5):
+        await log.record(event(i))
+    path = tmp_path / f"{segment_ids(tmp_path)[0]}.log"
+    original = path.read_bytes()
+    raw = original.splitlines(keepends=True)
+    path.write_bytes(b"".join(raw[:1] + raw[2:]))  # record 2 removed
+    result = await token.run(verify_with_token, tmp_path, token)
+    assert isinstance(result, BadRecord) and result.line == 2 and "expected 2" in result.reason
+    path.write_bytes(b"".join(raw[1:]))  # the first record removed
+    result = await token.run(verify_with_token, tmp_path, token)
+    assert isinstance(result, BadRecord) and result.line == 1
+    path.write_bytes(b"".join([raw[0], raw[2], raw[1], *raw[3:]]))  # two swapped
+    result = await token.run(verify_with_token, tmp_path, token)
+    assert isinstance(result, BadRecord) and result.line == 2
+    path.write_bytes(original + b'{"seq": 6')  # a torn last line
+    result = await token.run(verify_with_token, tmp_path, token)
+    assert isinstance(result, BadRecord) and result.line == 6
+
+
+async def test_segments_rotate_and_the_chain_crosses_them(token: Token, tmp_path: Path) -> None:
+    log = await open_log(token, tmp_path, segment_bytes=4096)
+    for i in range(40):
+        await log.record(event(i, 200 if i % 3 else 406))
+    assert len(log.segments()) >= 3
+    result = await token.run(verify_with_token, tmp_path, token)
+    assert isinstance(result, VerifySummary) and result.records == 40 and result.segments == len(log.segments())
+    second = tmp_path / f"{log.segments()[1]}.log"
+    rewrite(second, 1, lambda raw: raw.replace(b'"status":200', b'"status":201').replace(b'"status":406', b'"status":407'))
+    bad = await token.run(verify_with_token, tmp_path, token)
+    assert isinstance(bad, BadRecord) and bad.segment == log.segments()[1] and bad.line == 1
+    assert sum(log.read_segment(s).count("\n") for s in log.segments()) == 40
+
+
+async def test_concurrent_writers_keep_one_chain(token: Token, tmp_path: Path) -> None:
+    """Two logs on one directory (as two processes have) and threads in each: one gapless chain."""
+    logs = [await open_log(token, tmp_path), await open_log(token, tmp_path)]
+    seqs: list[int] = []
+    lock = threading.Lock()
+
+    def writer(log: AuditLog, base: int) -> None:
+        for i in range(25):
+            seq = log._append(event(base + i))
+            with lock:
+                seqs.append(seq)
+
+    threads = [threading.Thread(target=writer, args=(logs[n % 2], n * 100)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(seqs) == list(range(1, 101))
+    result = verify(tmp_path, lambda data: token.hmac(logs[0].key_kid, HashAlg.SHA256, data))
+    assert isinstance(result, VerifySummary) and result.records == 100
+
+
+async def test_another_process_finds_the_same_key(token: Token, softhsm_settings: object, tmp_path: Path) -> None:
+    """A second Token object (its own sessions and handle cache) uses the same audit key."""
+    log = await open_log(token, tmp_path)
+    await log.record(event(1))
+    other_settings: TokenSettings = softhsm_settings("hem-raw2", name="audit-other")  # type: ignore[operator]
+    other = Token(other_settings)
+    try:
+        again = await AuditLog.open(tmp_path, other)
+        assert again.key_kid == log.key_kid
+        await again.record(event(2))
+        assert isinstance(verify_with_token(tmp_path, other), VerifySummary)
+    finally:
+        other.close()
