@@ -177,7 +177,8 @@ def write_config(directory: Path, tokens: list[TokenSettings], *, tls: TlsFiles 
     if server:
         text += "[server]\n" + "\n".join(server) + "\n"
     text += "".join(token_toml(t) for t in tokens)
-    text += f'[hem]\neid = "{EID}"\nfailed_login_delay_ms = 0\n{hem}\n'
+    delay = "" if "failed_login_delay_ms" in hem else "failed_login_delay_ms = 0\n"
+    text += f'[hem]\neid = "{EID}"\n{delay}{hem}\n'
     if users:
         text += users_toml()
     text += extra
