@@ -124,3 +124,7 @@ def nss_settings(tmp_path_factory: pytest.TempPathFactory) -> TokenSettings:
 
 
 from tests.token_fixtures import *  # noqa: E402,F401,F403  (adapter token fixtures)
+
+# Checks every request the suite makes through aiohttp test clients against
+# gateway/http/openapi.json at the end of the run (see the module).
+pytest_plugins = ("tests.openapi_traffic",)
