@@ -7,6 +7,7 @@ event loop), so the figures show the adapter's own cost.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -74,31 +75,32 @@ def run_derive_case(
         if case == DERIVE_STORE:
             raw.call("cleanup", label=STORE_LABEL)
 
-    for rnd in range(timing.rounds):
-        # Alternate the raw loop between the start and the end of a round so
-        # a drift in machine load does not always favour one side.
-        def measure_raw() -> None:
-            sample = raw.sample(raw_op, seconds=timing.seconds, **raw_args)
-            result.raw.append(sample)
-            log.info("  %-8s %-17s round %d  raw      1 thread : %8.1f ops/s", token.name, case, rnd + 1, sample.ops_per_s)
+    def measure_raw(rnd: int) -> None:
+        sample = raw.sample(raw_op, seconds=timing.seconds, **raw_args)
+        result.raw.append(sample)
+        log.info("  %-8s %-17s round %d  raw      1 thread : %8.1f ops/s", token.name, case, rnd + 1, sample.ops_per_s)
+        cleanup()
+        if with_floor:
+            sample = raw.sample(raw_op + "_floor", seconds=timing.seconds, **raw_args)
+            result.floor.append(sample)
+            log.info("  %-8s %-17s round %d  floor    1 thread : %8.1f ops/s", token.name, case, rnd + 1,
+                     sample.ops_per_s)
             cleanup()
-            if with_floor:
-                sample = raw.sample(raw_op + "_floor", seconds=timing.seconds, **raw_args)
-                result.floor.append(sample)
-                log.info("  %-8s %-17s round %d  floor    1 thread : %8.1f ops/s", token.name, case, rnd + 1,
-                         sample.ops_per_s)
-                cleanup()
 
-        if rnd % 2 == 0:
-            measure_raw()
-        for threads in timing.threads:
-            sample = timed_loop(op, threads=threads, seconds=timing.seconds)
-            result.adapter[threads].append(sample)
-            log.info("  %-8s %-17s round %d  adapter %2d thread%s: %8.1f ops/s", token.name, case, rnd + 1,
-                     threads, "s" if threads > 1 else " ", sample.ops_per_s)
-            cleanup()
-        if rnd % 2 == 1:
-            measure_raw()
+    def measure_adapter(threads: int, rnd: int) -> None:
+        sample = timed_loop(op, threads=threads, seconds=timing.seconds)
+        result.adapter[threads].append(sample)
+        log.info("  %-8s %-17s round %d  adapter %2d thread%s: %8.1f ops/s", token.name, case, rnd + 1,
+                 threads, "s" if threads > 1 else " ", sample.ops_per_s)
+        cleanup()
+
+    variants: list[Callable[[int], None]] = [measure_raw, *(functools.partial(measure_adapter, t) for t in timing.threads)]
+    for rnd in range(timing.rounds):
+        # Rotate the order from round to round, so a drift or a burst of
+        # machine load does not always hit the same variant.
+        shift = rnd % len(variants)
+        for measure in variants[shift:] + variants[:shift]:
+            measure(rnd)
     return result
 
 

@@ -24,7 +24,7 @@ from bench.timing import timed_loop
 log = logging.getLogger("bench")
 
 TOKEN_KINDS = ("softhsm", "nss")
-FULL = {"seconds": 2.0, "rounds": 3, "keys": (10, 10_000)}
+FULL = {"seconds": 1.0, "rounds": 5, "keys": (10, 10_000)}
 QUICK = {"seconds": 0.25, "rounds": 1, "keys": (10, 200)}
 DOCS = REPO / "docs"
 PARTIAL_OUT = REPO / "state" / "bench"

@@ -124,7 +124,8 @@ def headline(run: Run) -> list[str]:
         lines.append(f"{d.token} {d.case}: adapter/raw = {ratios} (raw {median_sample(d.raw).ops_per_s:,.0f} ops/s)")
     if run.lookup:
         low, high = run.lookup.levels
-        for name in ("adapter get_key", "raw get_key", "adapter aes-gcm", "raw get_key + aes-gcm"):
+        for name in ("adapter get_key", "raw get_key", "adapter aes-gcm", "raw get_key + aes-gcm",
+                     "adapter derive-session", "raw derive-session"):
             op = run.lookup.op(name)
             if low in op.at and high in op.at:
                 lines.append(f"{run.lookup.token} {name}: {op.at[low].mean_ms:.3f} ms @ {low:,} keys, "
@@ -178,9 +179,9 @@ def markdown(run: Run, png_name: str | None) -> str:
         parts += [
             "## Derive throughput: adapter against a raw python-pkcs11 loop",
             "",
-            f"{o['rounds']} round(s); in each, every variant runs for {o['seconds']} s, back to back; the raw loop runs",
-            "first in odd rounds and last in even ones. ops/s and latencies are from the round with the median",
-            "throughput; the ratio is the median of the per-round ratios.",
+            f"{o['rounds']} round(s); in each, every variant runs for {o['seconds']} s, back to back, in an order that",
+            "rotates from round to round. The ratio is the median of the per-round ratios (each against the raw",
+            "loop of the same round); ops/s and latencies are from the round with the median throughput.",
             "",
             md_table(DERIVE_HEADER, derive_rows(run.derive)),
             "",
@@ -229,7 +230,12 @@ def markdown(run: Run, png_name: str | None) -> str:
         "  refuses `C_Initialize(NULL)`, the raw process calls `C_Initialize` itself through ctypes (init string",
         "  in `pReserved`) and builds python-pkcs11's `lib` object without its `__init__`.",
         "- python-pkcs11's `derive_key` also reads back about ten attributes of every key it returns (its",
-        "  `make_object`); that is part of the raw loop as an application would write it.",
+        "  `make_object`); that is part of the raw loop as an application would write it. The **ctypes floor**",
+        "  row is the same token calls made with bare ctypes in the raw process (templates and mechanism built",
+        "  once): about as fast as Python can drive the token, shown to separate token time from Python time.",
+        "  Its ratio is also against the raw python-pkcs11 loop of the same round.",
+        "- Thread scaling depends on free cores: with 2 CPUs and other work on the machine (see the load",
+        "  averages above), 2 and 4 threads cannot show more than what is left.",
         "- **lookup**: see above. The raw rows are python-pkcs11's `session.get_key(id=..., object_class=...)`,",
         "  a `C_FindObjects` search, which SoftHSM2 answers by scanning every object of the token.",
         "",
