@@ -265,4 +265,5 @@ class Session:
         return await ok(await self.client.get(path, headers=await self.headers(scope)), status)
 
     async def create(self, key_type: str, label: str = "k", **extra: Any) -> str:
-        return (await self.post("/api/keymgmt/create", "keymgmt:gen", {"label": label, "type": key_type, **extra}))["kid"]
+        body = {"label": label, "type": key_type, **{k: v for k, v in extra.items() if v is not None}}
+        return (await self.post("/api/keymgmt/create", "keymgmt:gen", body))["kid"]
