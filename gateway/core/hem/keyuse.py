@@ -83,8 +83,8 @@ class HemCrypto:
             raise InvalidInput("alg must be AES128/192/256 with -ECB, -CBC or -GCM, e.g. AES256-GCM")
         _no_ecdh_mode(body, "encryption")
         if match.group(2) != "GCM":
-            raise Unsupported(f"{alg} is not offered by the gateway; use AES{match.group(1)}-GCM",
-                              f"CKM_AES_{match.group(2)}")
+            mech = f"CKM_AES_{match.group(2)}"
+            raise Unsupported(f"{alg} is not offered by the gateway ({mech}); use AES{match.group(1)}-GCM", mech)
         key = await self.keys.load(self.kid_of(body))
         wanted = KeyType(f"AES{match.group(1)}")
         if key.meta.type is not wanted:
@@ -111,9 +111,10 @@ class HemCrypto:
         aad = b64_or_empty(body.get("aad"), "aad")
         try:
             return await self.token.run(self.token.aes_gcm, key.kid, iv, ciphertext + tag, aad, decrypt=True)
-        except InvalidInput:
-            raise TokenRefused("decryption failed: the ciphertext, tag, iv or aad is not authentic",
-                               "CKR_ENCRYPTED_DATA_INVALID") from None
+        except (InvalidInput, TokenRefused) as exc:
+            # Tokens disagree on the code of a failed tag check (SoftHSM2 says CKR_GENERAL_ERROR).
+            ckr = getattr(exc, "ckr", "CKR_ENCRYPTED_DATA_INVALID")
+            raise TokenRefused(f"decryption failed ({ckr}): the ciphertext, tag, iv or aad is not authentic", ckr) from None
 
     async def _hmac_key(self, body: dict[str, Any]) -> tuple[HemKey, HashAlg]:
         _no_ecdh_mode(body, "HMAC")
