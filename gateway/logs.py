@@ -21,6 +21,28 @@ from typing import Any, Final, TextIO
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 
+
+def _stamp_request_ids() -> None:
+    """Give every log record the request id current when it is created (``record.request_id``).
+
+    At creation, not at formatting: handlers may format later, elsewhere.
+    """
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "_gateway_request_id", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        if not hasattr(record, "request_id"):
+            record.request_id = REQUEST_ID.get()
+        return record
+
+    factory._gateway_request_id = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
+_stamp_request_ids()
+
 LEVELS: Final = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 # Loggers that are chatty at INFO and say nothing an operator needs.
 _QUIET: Final = ("aiohttp.access",)
@@ -37,7 +59,7 @@ class JsonFormatter(logging.Formatter):
             "pid": record.process,
             "msg": record.getMessage(),
         }
-        request_id = getattr(record, "request_id", None) or REQUEST_ID.get()
+        request_id = getattr(record, "request_id", None)
         if request_id:
             entry["request_id"] = request_id
         fields = getattr(record, "fields", None)
@@ -60,7 +82,7 @@ class TextFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict) and fields:
             text += " " + " ".join(f"{k}={v}" for k, v in fields.items())
-        request_id = getattr(record, "request_id", None) or REQUEST_ID.get()
+        request_id = getattr(record, "request_id", None)
         if request_id:
             text += f" request_id={request_id}"
         return text

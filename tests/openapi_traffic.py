@@ -14,8 +14,9 @@ aiohttp caches, so tests read it as usual.  At session end each exchange must:
   refused (4xx) are exactly the ones that did not match, so they are not
   checked against the request schema.
 
-Paths under ``/__test__/`` are test-only routes added by a test to an app and
-are skipped.  Problems are printed in the terminal summary and fail the run.
+Paths under ``/__test__/`` (test-only routes a test adds to an app) and under
+``/docs/`` (the static files of the docs page, not API) are skipped.  Problems
+are printed in the terminal summary and fail the run.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from aiohttp import test_utils
 
 from gateway.http.docs import openapi_document
 
-TEST_ONLY_PREFIX = "/__test__/"
+# Served, but not API: test-only routes, and the docs page's static files.
+UNDOCUMENTED_PREFIXES = ("/__test__/", "/docs/")
 _METHODS = ("get", "put", "post", "delete", "patch", "options", "head")
 
 
@@ -158,7 +160,7 @@ def _coerce(value: str, schema: dict[str, Any]) -> Any:
 def check_exchange(ex: Exchange) -> list[str]:
     """What is wrong with one exchange, against the document (empty: nothing)."""
     problems: list[str] = []
-    if ex.path.startswith(TEST_ONLY_PREFIX):
+    if ex.path.startswith(UNDOCUMENTED_PREFIXES):
         return problems
     template = find_template(ex.path)
     method = "get" if ex.method == "HEAD" else ex.method.lower()

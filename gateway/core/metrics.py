@@ -31,15 +31,14 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     disable_created_metrics,
-    generate_latest,
 )
+from prometheus_client.exposition import choose_encoder
 
 if TYPE_CHECKING:
     from gateway.token import Token, TokenSet
@@ -47,7 +46,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
-CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 
 # HTTP latency: fast probes to slow HSM round trips.
 _HTTP_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -174,15 +172,17 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_ENV) or None
 
 
-def render() -> bytes:
-    """The metrics in Prometheus text format: this process's, or all workers' added up."""
+def render(accept: str = "") -> tuple[bytes, str]:
+    """(body, content type): this process's metrics, or all workers' added up, in the
+    format the scraper's ``Accept`` header asks for (Prometheus text by default, or OpenMetrics)."""
+    encoder, content_type = choose_encoder(accept)
     if multiprocess_dir() is None:
-        return generate_latest(REGISTRY)
+        return encoder(REGISTRY), content_type
     from prometheus_client import multiprocess
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
-    return generate_latest(registry)
+    return encoder(registry), content_type
 
 
 def worker_exited(pid: int, directory: str) -> None:

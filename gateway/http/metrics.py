@@ -15,8 +15,9 @@ async def metrics_handler(request: web.Request) -> web.Response:
     if tokens is not None:
         metrics.update_token_gauges(tokens)
     # Multiprocess mode reads every worker's files: keep that off the event loop.
-    body = await asyncio.get_running_loop().run_in_executor(None, metrics.render)
-    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
+    accept = request.headers.get("Accept", "")
+    body, content_type = await asyncio.get_running_loop().run_in_executor(None, metrics.render, accept)
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 def add_routes(app: web.Application) -> None:
