@@ -732,6 +732,41 @@ class Token:
 
         return self._call(op, retry_check=self._exists(kid, CKO.PUBLIC_KEY))
 
+    def import_key_pair(self, kid: bytes, label: str, curve: Curve, private_value: bytes, public_key: bytes, usage: Usage) -> KeyInfo:
+        """Create a key pair from a known private key: a sensitive, non-extractable private
+        object and its public object, under one kid (both, or neither).
+
+        Only for the HEM dialect's opt-in asymmetric derive (``hem.allow_asymmetric_derive``),
+        where the core computes the private key from a token-derived seed.  ``private_value``
+        is the big-endian scalar (Weierstrass curves) or the raw RFC 7748/8032 private key;
+        ``public_key`` its public key, computed by the caller.
+        """
+        recipe = self.capabilities.require_curve(curve)
+        if len(private_value) != curve.field_bytes:
+            raise InvalidInput(f"a {curve.value} private key is {curve.field_bytes} bytes, got {len(private_value)}")
+        point = public_key if curve.family == "edwards" else normalize_peer(curve, public_key)
+        encoded = _der_octets(point) if self._point_der.get(curve, True) else point
+
+        def op(s: Session) -> KeyInfo:
+            self._refuse_duplicate(s.handle, kid)
+            common = {CKA.KEY_TYPE: recipe.key_type, CKA.TOKEN: True, CKA.EC_PARAMS: recipe.ec_params,
+                      CKA.ID: kid, CKA.LABEL: label, CKA.DERIVE: usage.derive}
+            private = Template({**common, CKA.CLASS: CKO.PRIVATE_KEY, CKA.PRIVATE: True, CKA.SENSITIVE: True,
+                                CKA.EXTRACTABLE: False, CKA.VALUE: private_value, CKA.SIGN: usage.sign})
+            public = Template({**common, CKA.CLASS: CKO.PUBLIC_KEY, CKA.PRIVATE: False, CKA.EC_POINT: encoded,
+                               CKA.VERIFY: usage.sign})
+            h_priv, h_pub = c_ulong(), c_ulong()
+            self.module.fn("C_CreateObject", s.handle, private.pointer, private.count, byref(h_priv))
+            try:
+                self.module.fn("C_CreateObject", s.handle, public.pointer, public.count, byref(h_pub))
+            except CKRError:
+                self._destroy_handles(s.handle, (h_priv.value,))
+                raise
+            self._created(s.handle, kid, CKO.PUBLIC_KEY, h_pub.value)
+            return self._created(s.handle, kid, CKO.PRIVATE_KEY, h_priv.value, public=h_pub.value)
+
+        return self._call(op, retry_check=self._exists(kid, CKO.PRIVATE_KEY))
+
     def import_secret(self, spec: SecretSpec, value: bytes) -> KeyInfo:
         """Create a sensitive secret key from a known value.
 
