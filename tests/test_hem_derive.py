@@ -254,3 +254,94 @@ async def test_derive_418_over_plain_http(aiohttp_client: Any, hem_tokens: Token
     # the open calls still answer over plain HTTP; logging in does not
     assert (await client.get("/api/system/status")).status == 200
     assert (await client.post("/api/auth/token", json={"auth": "x.y.z"})).status == 418
+
+
+# --------------------------------------------------------------------------- asymmetric targets (opt-in policy)
+
+
+async def asymmetric_client(aiohttp_client: Any, tokens: TokenSet, settings: TokenSettings, tls: Any, tmp_path: Path) -> Any:
+    config = write_config(tmp_path, [settings], hem="allow_asymmetric_derive = true")
+    return await tls_client(aiohttp_client, create_app(config, tokens), tls)
+
+
+def software_seed(recipe: str, z: bytes, target: str, size: int) -> bytes:
+    return recipe_key(recipe, z, target, size)
+
+
+async def derived_pair(session: Session, base_type: str, target: str, mode: str | None = None) -> tuple[str, bytes, Any, bytes]:
+    """(derived kid, its public key as get shows it, the peer, the base public key)."""
+    base = await session.create(base_type, mode="ECDH" if base_type.startswith("SECP") else None)
+    base_public = base64.b64decode((await session.get(f"/api/keymgmt/get/{base}", "keymgmt:gen"))["pubkey"])
+    peer, peer_public = peer_pair(base_type)
+    body = {"kid": base, "label": "asym", "type": target, "pubkey": base64.b64encode(peer_public).decode()}
+    if mode:
+        body["mode"] = mode
+    kid = (await session.post("/api/keymgmt/derive", "keymgmt:gen", body))["kid"]
+    shown = await session.get(f"/api/keymgmt/get/{kid}", "keymgmt:gen")
+    return kid, base64.b64decode(shown["pubkey"]), peer, base_public
+
+
+async def test_asymmetric_targets_with_the_policy_on_softhsm(aiohttp_client: Any, hem_tokens: TokenSet,
+                                                             hem_settings: TokenSettings, tls: Any, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    session = Session(await asymmetric_client(aiohttp_client, hem_tokens, hem_settings, tls, tmp_path))
+    # Ed25519 from X25519: the seed is Z itself (raw), the key signs in the token
+    kid, public, peer, base_public = await derived_pair(session, "CURVE25519", "ED25519")
+    seed = software_seed("raw", software_z("CURVE25519", peer, base_public), "ED25519", 32)
+    expected = ed25519.Ed25519PrivateKey.from_private_bytes(seed).public_key()
+    assert public == expected.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    signature = base64.b64decode((await session.post("/api/crypto/exdsa/sign", f"keymgmt:use:{kid}", {
+        "kid": kid, "msg": base64.b64encode(b"hello").decode(), "alg": "Ed25519"}))["sign"])
+    expected.verify(signature, b"hello")
+    held = hem_tokens["softhsm"].get_key(bytes.fromhex(kid))
+    assert held.sensitive is True and held.extractable is False
+    # SECP256R1 from P-256: the scalar is Z
+    kid, public, peer, base_public = await derived_pair(session, "SECP256R1", "SECP256R1", "ECDH,ExDSA")
+    d = int.from_bytes(software_z("SECP256R1", peer, base_public), "big")
+    expected_point = ec.derive_private_key(d, ec.SECP256R1()).public_key()
+    assert public == expected_point.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint)
+    # X25519 from X25519: the new key does ECDH in the token
+    kid, public, peer, base_public = await derived_pair(session, "CURVE25519", "CURVE25519")
+    seed = software_seed("raw", software_z("CURVE25519", peer, base_public), "CURVE25519", 32)
+    assert public == x25519.X25519PrivateKey.from_private_bytes(seed).public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    other, other_public = peer_pair("CURVE25519")
+    z = base64.b64decode((await session.post("/api/crypto/ecdh", f"keymgmt:use:{kid}", {
+        "kid": kid, "pubkey": base64.b64encode(other_public).decode()}))["ecdh"])
+    assert z == x25519.X25519PrivateKey.from_private_bytes(seed).exchange(other.public_key())
+    # a seed shorter than the private key: 406 (as the device answers)
+    base = await session.create("CURVE25519")
+    _, peer_public = peer_pair("CURVE25519")
+    answer = await session.post("/api/keymgmt/derive", "keymgmt:gen", {
+        "kid": base, "label": "x", "type": "SECP384R1", "pubkey": base64.b64encode(peer_public).decode()}, status=406)
+    assert "shorter" in answer["message"]
+
+
+async def test_asymmetric_target_with_hkdf_on_nss(aiohttp_client: Any, nss_tokens: TokenSet, nss_settings: TokenSettings,
+                                                  tls: Any, tmp_path: Path) -> None:
+    session = Session(await asymmetric_client(aiohttp_client, nss_tokens, nss_settings, tls, tmp_path))
+    kid, public, peer, base_public = await derived_pair(session, "SECP256R1", "SECP256R1", "ExDSA")
+    seed = software_seed("hkdf-sha256", software_z("SECP256R1", peer, base_public), "SECP256R1", 32)
+    expected = ec.derive_private_key(int.from_bytes(seed, "big"), ec.SECP256R1()).public_key()
+    assert public == expected.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint)
+    signature = base64.b64decode((await session.post("/api/crypto/exdsa/sign", f"keymgmt:use:{kid}", {
+        "kid": kid, "msg": base64.b64encode(b"nss").decode(), "alg": "SHA256WithECDSA"}))["sign"])
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    expected.verify(encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")),
+                    b"nss", ec.ECDSA(hashes.SHA256()))
+
+
+def test_out_of_range_seeds_are_refused() -> None:
+    """HEM: "the generated seed needs to be validated ... this endpoint can fail without being an error"."""
+    from gateway.core.hem.recipes import check_scalar
+    from gateway.core.hem.types import KeyType
+    from gateway.errors import TokenRefused
+
+    order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+    for bad in (0, order, 2**256 - 1):
+        with pytest.raises(TokenRefused):
+            check_scalar(KeyType.SECP256R1, bytearray(bad.to_bytes(32, "big")))
+    check_scalar(KeyType.SECP256R1, bytearray((order - 1).to_bytes(32, "big")))
+    check_scalar(KeyType.CURVE25519, bytearray(32))  # any 32 bytes are an X25519 key

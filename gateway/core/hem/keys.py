@@ -336,7 +336,8 @@ class HemKeys:
         try:
             recipes.check_scalar(target, seed)
             assert target.curve is not None
-            await self.token.run(self.token.import_private_key, new_kid, meta.encode(), target.curve, seed, usage)
+            public = recipes.public_key_of(target, seed)
+            await self.token.run(self.token.import_key_pair, new_kid, meta.encode(), target.curve, bytes(seed), public, usage)
         finally:
             recipes.wipe(seed)
         return new_kid

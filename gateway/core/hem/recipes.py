@@ -27,7 +27,8 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING, Final
 
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, x448, x25519
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway.core.hem.types import KeyType
@@ -110,3 +111,19 @@ def check_scalar(target: KeyType, seed: bytearray) -> None:
 def wipe(buffer: bytearray) -> None:
     for i in range(len(buffer)):
         buffer[i] = 0
+
+
+_EC_CURVES: Final = {Curve.P256: ec.SECP256R1(), Curve.P384: ec.SECP384R1(), Curve.P521: ec.SECP521R1(),
+                     Curve.SECP256K1: ec.SECP256K1()}
+
+
+def public_key_of(target: KeyType, seed: bytearray) -> bytes:
+    """The public key of the private key ``seed`` (uncompressed point, or raw key)."""
+    curve = target.curve
+    raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    if curve in _EC_CURVES:
+        private = ec.derive_private_key(int.from_bytes(seed, "big"), _EC_CURVES[curve])
+        return private.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    loader = {Curve.X25519: x25519.X25519PrivateKey, Curve.X448: x448.X448PrivateKey,
+              Curve.ED25519: ed25519.Ed25519PrivateKey, Curve.ED448: ed448.Ed448PrivateKey}[curve]  # type: ignore[index]
+    return loader.from_private_bytes(bytes(seed)).public_key().public_bytes(*raw)
