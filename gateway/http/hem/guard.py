@@ -102,8 +102,19 @@ def _event_for(status: int, event: LogType) -> LogType:
     return event
 
 
+def _count(event: LogType, status: int) -> None:
+    """The service metrics the dialects feed (gateway.core.metrics)."""
+    from gateway.core import metrics
+
+    if status == 401 or event is LogType.AUTH_FAILED_INTERNAL:
+        metrics.auth_failures.labels(dialect="hem").inc()
+    elif status == 200 and event is LogType.KEY_DERIVE:
+        metrics.keys_derived.labels(dialect="hem").inc()
+
+
 async def _record(request: web.Request, event: LogType, status: int, principal: Principal | None,
                   kids: list[str], detail: str) -> None:
+    _count(event, status)
     try:
         audit = await audit_log(request.app)
         await audit.record(AuditEvent(
