@@ -59,19 +59,21 @@ def derive_rows(results: list[DeriveResult]) -> list[list[str]]:
     rows = []
     for d in results:
         raw = median_sample(d.raw)
-        rows.append([d.token, d.case, "raw python-pkcs11", "1", _fmt(raw.ops_per_s), _ms(raw.p50_ms), _ms(raw.p99_ms), "1.00"])
+        rows.append([d.token, d.case, "raw python-pkcs11", "1", _fmt(raw.ops_per_s), _ms(raw.p50_ms), _ms(raw.p99_ms),
+                     "1.00", ""])
         if d.floor:
             f = median_sample(d.floor)
             rows.append([d.token, d.case, "ctypes floor", "1", _fmt(f.ops_per_s), _ms(f.p50_ms), _ms(f.p99_ms),
-                         f"{d.floor_ratio():.2f}"])
+                         f"{d.floor_ratio():.2f}", ""])
         for threads, samples in sorted(d.adapter.items()):
             s = median_sample(samples)
+            lo, hi = d.ratio_range(threads)
             rows.append([d.token, d.case, "adapter", str(threads), _fmt(s.ops_per_s), _ms(s.p50_ms), _ms(s.p99_ms),
-                         f"{d.ratio(threads):.2f}"])
+                         f"{d.ratio(threads):.2f}", f"{lo:.2f}-{hi:.2f}"])
     return rows
 
 
-DERIVE_HEADER = ["token", "case", "runner", "threads", "ops/s", "p50 ms", "p99 ms", "ratio vs raw"]
+DERIVE_HEADER = ["token", "case", "runner", "threads", "ops/s", "p50 ms", "p99 ms", "ratio vs raw", "rounds"]
 
 
 def lookup_rows(lookup: LookupResult) -> list[list[str]]:
@@ -121,7 +123,8 @@ def headline(run: Run) -> list[str]:
     lines = []
     for d in run.derive:
         ratios = ", ".join(f"{t} thread{'s' if t > 1 else ''} {d.ratio(t):.2f}" for t in sorted(d.adapter))
-        lines.append(f"{d.token} {d.case}: adapter/raw = {ratios} (raw {median_sample(d.raw).ops_per_s:,.0f} ops/s)")
+        added = f"; the adapter adds {d.added_us():.0f} us per op at 1 thread" if 1 in d.adapter else ""
+        lines.append(f"{d.token} {d.case}: adapter/raw = {ratios} (raw {median_sample(d.raw).ops_per_s:,.0f} ops/s{added})")
     if run.lookup:
         low, high = run.lookup.levels
         for name in ("adapter get_key", "raw get_key", "adapter aes-gcm", "raw get_key + aes-gcm",
@@ -181,7 +184,8 @@ def markdown(run: Run, png_name: str | None) -> str:
             "",
             f"{o['rounds']} round(s); in each, every variant runs for {o['seconds']} s, back to back, in an order that",
             "rotates from round to round. The ratio is the median of the per-round ratios (each against the raw",
-            "loop of the same round); ops/s and latencies are from the round with the median throughput.",
+            "loop of the same round), and \"rounds\" is the range of the per-round ratios; ops/s and latencies are",
+            "from the round with the median throughput.",
             "",
             md_table(DERIVE_HEADER, derive_rows(run.derive)),
             "",

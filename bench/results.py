@@ -34,6 +34,16 @@ class DeriveResult:
     def ratio_rounds(self, threads: int) -> list[float]:
         return [a.ops_per_s / r.ops_per_s for a, r in zip(self.adapter[threads], self.raw) if r.ops_per_s > 0]
 
+    def added_us(self) -> float:
+        """Time the adapter adds to one op at 1 thread, in microseconds (median over rounds)."""
+        rounds = [1e6 / a.ops_per_s - 1e6 / r.ops_per_s
+                  for a, r in zip(self.adapter.get(1, []), self.raw) if a.ops_per_s > 0 and r.ops_per_s > 0]
+        return statistics.median(rounds) if rounds else float("nan")
+
+    def ratio_range(self, threads: int) -> tuple[float, float]:
+        rounds = self.ratio_rounds(threads)
+        return (min(rounds), max(rounds)) if rounds else (float("nan"), float("nan"))
+
     def floor_ratio(self) -> float:
         rounds = [f.ops_per_s / r.ops_per_s for f, r in zip(self.floor, self.raw) if r.ops_per_s > 0]
         return statistics.median(rounds) if rounds else float("nan")
@@ -55,6 +65,7 @@ class DeriveResult:
                       "ratio": self.floor_ratio()} if self.floor else None,
             "ratios": {str(t): self.ratio(t) for t in sorted(self.adapter)},
             "ratio_rounds": {str(t): self.ratio_rounds(t) for t in sorted(self.adapter)},
+            "adapter_added_us_1_thread": self.added_us(),
         }
 
 
