@@ -1,0 +1,161 @@
+"""`gateway serve` as a real process on a fresh SoftHSM2 token: several workers on one port,
+graceful shutdown with a request in flight, /readyz following a hung token, the plain-HTTP
+probe listener, and JSON answers to malformed HTTP on the real listener."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import time
+from pathlib import Path
+
+from tests.service_support import (
+    ServiceSetup,
+    get_json,
+    hung_token,
+    make_setup,
+    maps_of,
+    metric,
+    parent_of,
+    request,
+    running,
+    tls_context,
+)
+from tests.tokens import SOFTHSM_MODULE
+
+MAX_ATTEMPTS = 400
+
+
+def test_two_workers_answer_on_one_port(tmp_path: Path) -> None:
+    setup = make_setup(tmp_path)
+    with running(setup, "--workers", "2") as server:
+        assert "(2 workers" in "".join(server.stdout)
+        pids: set[int] = set()
+        requests = 0
+        while len(pids) < 2 and requests < MAX_ATTEMPTS:
+            status, body = get_json(setup, "/healthz")
+            assert status == 200
+            pids.add(body["pid"])
+            requests += 1
+        assert len(pids) == 2, f"only {pids} answered {requests} requests"
+        supervisor = server.proc.pid
+        assert supervisor not in pids and {parent_of(pid) for pid in pids} == {supervisor}
+        # Each worker loaded SoftHSM2 itself; the supervisor that forked them never did.
+        module = os.path.realpath(SOFTHSM_MODULE)
+        assert all(module in maps_of(pid) for pid in pids)
+        assert module not in maps_of(supervisor)
+
+        # Any worker answers /metrics for all of them (prometheus_client multiprocess mode).
+        _, _, text = request(setup, "GET", "/metrics")
+        counted = metric(text.decode(), "gateway_http_requests_total", route="/healthz", method="GET", status="200")
+        assert counted == requests
+        assert metric(text.decode(), "gateway_token_sessions_max", token="hsm") == 2 * 4  # 4 sessions per worker
+
+        assert server.stop(signal.SIGTERM) == 0
+    entries = server.log_entries()
+    for pid in pids:
+        mine = [e["msg"] for e in entries if e.get("pid") == pid]
+        assert "tokens closed (sessions logged out)" in mine and "stopped" in mine
+    assert any(e["msg"] == "all workers stopped" and e["pid"] == supervisor for e in entries)
+
+
+def _connect_refused(setup: ServiceSetup) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", setup.port), timeout=5):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+def _read_until(sock: ssl.SSLSocket, marker: bytes, data: bytes = b"") -> bytes:
+    while marker not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_graceful_shutdown_completes_a_request_in_flight(tmp_path: Path) -> None:
+    """SIGTERM while a request waits on the token: the listener closes at once, the request
+    still gets its full answer, then the sessions are closed and the process exits 0."""
+    setup = make_setup(tmp_path, server="readiness_timeout = 300\nshutdown_timeout = 120")
+    with running(setup) as server:
+        assert get_json(setup, "/readyz") == (200, {"ready": True, "tokens": {"hsm": True}})
+        with hung_token(setup):
+            raw = socket.create_connection(("127.0.0.1", setup.port), timeout=120)
+            sock = tls_context(setup.ca).wrap_socket(raw, server_hostname="127.0.0.1")
+            # "100 Continue" is the server saying it has the request and is handling it.
+            sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n"
+                         b"Connection: close\r\n\r\n")
+            interim = _read_until(sock, b"\r\n\r\n")
+            assert interim.startswith(b"HTTP/1.1 100 Continue"), interim
+            rest = interim.split(b"\r\n\r\n", 1)[1]
+
+            server.proc.send_signal(signal.SIGTERM)
+            attempts = 0
+            while not _connect_refused(setup):  # stops accepting while the request is still running
+                attempts += 1
+                assert attempts < MAX_ATTEMPTS, "the listener stayed open after SIGTERM"
+                time.sleep(0.05)
+            assert server.proc.poll() is None  # ... and waits for it
+        answer = _read_until(sock, b"}", rest)  # the token answers again: the request completes
+        sock.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK"), answer
+        assert body == b'{"ready": true, "tokens": {"hsm": true}}'
+        assert server.stop() == 0
+    messages = [e["msg"] for e in server.log_entries()]
+    assert messages.index("tokens closed (sessions logged out)") > messages.index(
+        "shutting down: not accepting new connections; in-flight requests have 120s")
+
+
+def test_readyz_turns_not_ready_while_the_token_hangs_and_ready_after(tmp_path: Path) -> None:
+    setup = make_setup(tmp_path, server="readiness_timeout = 1")
+    with running(setup) as server:
+        assert get_json(setup, "/readyz") == (200, {"ready": True, "tokens": {"hsm": True}})
+        with hung_token(setup):
+            assert get_json(setup, "/readyz") == (503, {"ready": False, "tokens": {"hsm": False}})
+            # the process itself is alive and says so, on both listeners
+            assert get_json(setup, "/healthz")[0] == 200
+            assert get_json(setup, "/readyz", plain=True)[0] == 503
+            _, _, text = request(setup, "GET", "/metrics", plain=True)
+            assert metric(text.decode(), "gateway_token_ready", token="hsm") == 0
+        attempts = 0
+        while get_json(setup, "/readyz")[0] != 200:  # ready again, without a restart
+            attempts += 1
+            assert attempts < MAX_ATTEMPTS, "/readyz did not recover"
+            time.sleep(0.1)
+        assert get_json(setup, "/readyz", plain=True) == (200, {"ready": True, "tokens": {"hsm": True}})
+        _, _, text = request(setup, "GET", "/metrics", plain=True)
+        assert metric(text.decode(), "gateway_token_ready", token="hsm") == 1
+        assert server.stop() == 0
+    warnings = [e for e in server.log_entries() if e["level"] == "warning"]
+    assert any("did not answer within 1s" in e["msg"] for e in warnings)
+
+
+def test_plain_listener_serves_only_probes_and_the_tls_listener_is_hardened(tmp_path: Path) -> None:
+    setup = make_setup(tmp_path)
+    with running(setup):
+        assert get_json(setup, "/healthz", plain=True)[0] == 200
+        status, headers, _ = request(setup, "GET", "/metrics", plain=True)
+        assert status == 200 and headers["content-type"].startswith("text/plain")
+        for path in ("/docs", "/openapi.json", "/api/v1/vaults"):
+            status, headers, body = request(setup, "GET", path, plain=True)
+            assert status == 404 and headers["content-type"] == "application/json", path
+        # over TLS: HSTS, and the full API reference
+        status, headers, _ = request(setup, "GET", "/openapi.json")
+        assert status == 200 and headers["strict-transport-security"].startswith("max-age=")
+        assert headers["server"] == "pkcs11-gateway"
+        # malformed HTTP on the real listener gets a JSON answer without a version banner
+        raw = socket.create_connection(("127.0.0.1", setup.port), timeout=60)
+        sock = tls_context(setup.ca).wrap_socket(raw, server_hostname="127.0.0.1")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n")
+        answer = _read_until(sock, b"}")
+        sock.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert b" 400 " in head.split(b"\r\n")[0] and b"application/json" in head
+        assert b"aiohttp" not in head and b"Python" not in head
+        assert body.startswith(b'{"message": "malformed request')
