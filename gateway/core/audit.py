@@ -163,7 +163,10 @@ def _last_record(path: Path) -> dict[str, Any] | None:
     lines = [line for line in tail.split(b"\n") if line.strip()]
     if not lines:
         return None
-    return json.loads(lines[-1])
+    record = json.loads(lines[-1])
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: the last line is not a JSON object")
+    return record
 
 
 class AuditLog:

@@ -37,8 +37,9 @@ class LogType(enum.Enum):
 
     @property
     def label(self) -> str:
-        return self.value[0]
+        return str(self.value[0])
 
     @property
     def code(self) -> int | None:
-        return self.value[1]
+        code = self.value[1]
+        return int(code) if code is not None else None

@@ -98,8 +98,9 @@ def canonical_public_key(key_type: KeyType, data: bytes) -> bytes:
         if curve in _EC:
             point = ec.EllipticCurvePublicKey.from_encoded_point(_EC[curve], data)
             return point.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint)
-        loader = {Curve.X25519: x25519.X25519PublicKey, Curve.X448: x448.X448PublicKey,
-                  Curve.ED25519: ed25519.Ed25519PublicKey, Curve.ED448: ed448.Ed448PublicKey}[curve]
+        loaders: dict[Curve, Any] = {Curve.X25519: x25519.X25519PublicKey, Curve.X448: x448.X448PublicKey,
+                                     Curve.ED25519: ed25519.Ed25519PublicKey, Curve.ED448: ed448.Ed448PublicKey}
+        loader = loaders[curve]
         loader.from_public_bytes(data)
     except ValueError:
         size = f"{1 + curve.field_bytes} bytes compressed" if curve in _EC else f"{curve.public_bytes} bytes"

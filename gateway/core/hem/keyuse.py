@@ -79,7 +79,7 @@ class HemCrypto:
     async def _aes_key(self, body: dict[str, Any]) -> tuple[HemKey, str]:
         alg = body.get("alg")
         match = _CIPHER_RE.fullmatch(alg) if isinstance(alg, str) else None
-        if match is None:
+        if match is None or not isinstance(alg, str):
             raise InvalidInput("alg must be AES128/192/256 with -ECB, -CBC or -GCM, e.g. AES256-GCM")
         _no_ecdh_mode(body, "encryption")
         if match.group(2) != "GCM":

@@ -25,7 +25,7 @@ overwritten (best effort: Python may keep copies).
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, x448, x25519
@@ -124,6 +124,6 @@ def public_key_of(target: KeyType, seed: bytearray) -> bytes:
     if curve in _EC_CURVES:
         private = ec.derive_private_key(int.from_bytes(seed, "big"), _EC_CURVES[curve])
         return private.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
-    loader = {Curve.X25519: x25519.X25519PrivateKey, Curve.X448: x448.X448PrivateKey,
-              Curve.ED25519: ed25519.Ed25519PrivateKey, Curve.ED448: ed448.Ed448PrivateKey}[curve]  # type: ignore[index]
-    return loader.from_private_bytes(bytes(seed)).public_key().public_bytes(*raw)
+    loaders: dict[Curve | None, Any] = {Curve.X25519: x25519.X25519PrivateKey, Curve.X448: x448.X448PrivateKey,
+                                        Curve.ED25519: ed25519.Ed25519PrivateKey, Curve.ED448: ed448.Ed448PrivateKey}
+    return bytes(loaders[curve].from_private_bytes(bytes(seed)).public_key().public_bytes(*raw))
