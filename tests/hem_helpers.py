@@ -94,6 +94,15 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a child `gateway serve`)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 # --------------------------------------------------------------------------- TLS
 
 

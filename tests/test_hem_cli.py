@@ -23,8 +23,7 @@ import pytest
 
 from gateway.cli import main
 from gateway.token.settings import TokenSettings
-from tests.hem_helpers import EID, b64, login, login_public, token_toml
-from tests.test_hem_processes import free_port
+from tests.hem_helpers import EID, b64, free_port, login, login_public, token_toml
 
 START_TIMEOUT = 90.0
 

@@ -12,7 +12,6 @@ import asyncio
 import base64
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,15 +28,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.cli import main
 from gateway.token.settings import TokenSettings
-from tests.hem_helpers import EID, PASSPHRASE, TlsFiles, bearer, ejwt, login, make_tls, token_toml, users_toml
+from tests.hem_helpers import EID, PASSPHRASE, TlsFiles, bearer, ejwt, free_port, login, make_tls, token_toml, users_toml
 
 START_TIMEOUT = 90.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def config_file(directory: Path, name: str, port: int, settings: TokenSettings, tls: TlsFiles, state: Path) -> Path:
