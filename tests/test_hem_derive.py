@@ -345,3 +345,26 @@ def test_out_of_range_seeds_are_refused() -> None:
             check_scalar(KeyType.SECP256R1, bytearray(bad.to_bytes(32, "big")))
     check_scalar(KeyType.SECP256R1, bytearray((order - 1).to_bytes(32, "big")))
     check_scalar(KeyType.CURVE25519, bytearray(32))  # any 32 bytes are an X25519 key
+
+
+async def test_409_until_the_token_lets_hem_initialise(aiohttp_client: Any, softhsm_settings: Any, tls: Any,
+                                                       tmp_path: Path) -> None:
+    """A token unusable at start: status says not initialised, HEM calls answer 409; once the
+    token is back, the first call initialises HEM (no restart)."""
+    settings = softhsm_settings("hem-raw2", name="raw2", sessions=2)
+    tokens = TokenSet.open([settings])
+    token = tokens["raw2"]
+    try:
+        token.pool._pin = b"wrong-pin"
+        token.module.fn.raw("C_CloseAllSessions")(token.pool.slot)
+        client = await tls_client(aiohttp_client, create_app(write_config(tmp_path, [settings]), tokens), tls)
+        status = await ok(await client.get("/api/system/status"))
+        assert status["inited"] is False
+        answer = await ok(await client.get("/api/auth/token"), 409)
+        assert "not initialised" in answer["message"]
+        token.pool._pin = settings.pin.encode()  # type: ignore[union-attr]
+        await Session(client).create("AES128")
+        assert "inited" not in await ok(await client.get("/api/system/status"))
+    finally:
+        token.pool._pin = settings.pin.encode()  # type: ignore[union-attr]
+        tokens.close()
