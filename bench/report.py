@@ -123,7 +123,11 @@ def headline(run: Run) -> list[str]:
     lines = []
     for d in run.derive:
         ratios = ", ".join(f"{t} thread{'s' if t > 1 else ''} {d.ratio(t):.2f}" for t in sorted(d.adapter))
-        added = f"; the adapter adds {d.added_us():.0f} us per op at 1 thread" if 1 in d.adapter else ""
+        added = ""
+        if 1 in d.adapter:
+            us = d.added_us()
+            added = (f"; the adapter adds {us:.0f} us to the median op at 1 thread" if us > 0
+                     else "; no added time measurable at 1 thread")
         lines.append(f"{d.token} {d.case}: adapter/raw = {ratios} (raw {median_sample(d.raw).ops_per_s:,.0f} ops/s{added})")
     if run.lookup:
         low, high = run.lookup.levels
@@ -188,6 +192,16 @@ def markdown(run: Run, png_name: str | None) -> str:
             "from the round with the median throughput.",
             "",
             md_table(DERIVE_HEADER, derive_rows(run.derive)),
+            "",
+        ]
+    slow = [d for d in run.derive if 1 in d.adapter and d.ratio(1) < 0.9]
+    if slow:
+        parts += [
+            "Where the adapter at 1 thread stays below 0.9 of the raw loop ("
+            + ", ".join(f"{d.token} {d.case} {d.ratio(1):.2f}" for d in slow) + "), the token is not the limit",
+            "(the ctypes floor row shows how fast it can go): the gap is the adapter's own Python work per call.",
+            "`python -m bench --profile DIR` (with pyinstrument installed) writes a profile of each 1-thread",
+            "adapter loop to DIR.",
             "",
         ]
     if run.lookup:

@@ -35,9 +35,12 @@ class DeriveResult:
         return [a.ops_per_s / r.ops_per_s for a, r in zip(self.adapter[threads], self.raw) if r.ops_per_s > 0]
 
     def added_us(self) -> float:
-        """Time the adapter adds to one op at 1 thread, in microseconds (median over rounds)."""
-        rounds = [1e6 / a.ops_per_s - 1e6 / r.ops_per_s
-                  for a, r in zip(self.adapter.get(1, []), self.raw) if a.ops_per_s > 0 and r.ops_per_s > 0]
+        """Median latency the adapter adds to one op at 1 thread, in microseconds.
+
+        From the p50s of each round (medians shrug off the bursts of a shared
+        machine better than throughput does), then the median over rounds.
+        """
+        rounds = [(a.p50_ms - r.p50_ms) * 1e3 for a, r in zip(self.adapter.get(1, []), self.raw)]
         return statistics.median(rounds) if rounds else float("nan")
 
     def ratio_range(self, threads: int) -> tuple[float, float]:
