@@ -164,7 +164,8 @@ def format_columns(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
         padded = [c.ljust(w) for c, w in zip(cells[:-1], widths[:-1])] + [cells[-1]]
         return "  " + "  ".join(padded)
 
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+    rule = ["-" * w for w in widths[:-1]] + ["-" * len(header[-1])]  # the free-text last column stays short
+    return "\n".join([line(header), line(rule), *(line(r) for r in rows)])
 
 
 def _key_type(info: object) -> str:
