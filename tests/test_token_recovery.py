@@ -6,6 +6,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, TypeVar
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -13,6 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.errors import TokenUnavailable
 from gateway.token import Curve, SecretSpec, SecretType, Token, Usage
+
+T = TypeVar("T")
 
 
 def _base(token: Token) -> tuple[bytes, bytes, bytes]:
@@ -24,26 +27,72 @@ def _base(token: Token) -> tuple[bytes, bytes, bytes]:
     return base, peer_pub, z
 
 
+class _Gate:
+    """Workers hold it shared around each call; the saboteur holds it alone.
+
+    SoftHSM2 frees a session's state in C_CloseAllSessions even while another
+    thread is inside a call on that session (a use-after-free that can abort
+    the process), so "closed from outside mid-run" means between calls: the
+    pooled sessions die under the workers' feet, and every next call must
+    find out and recover.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self._closing = False
+
+    def enter(self) -> None:
+        with self._cond:
+            while self._closing:
+                self._cond.wait()
+            self._active += 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self._active -= 1
+            self._cond.notify_all()
+
+    def exclusive(self, action: "Callable[[], object]") -> None:
+        with self._cond:
+            self._closing = True
+            while self._active:
+                self._cond.wait()
+            try:
+                action()
+            finally:
+                self._closing = False
+                self._cond.notify_all()
+
+
 def test_all_sessions_closed_from_outside_mid_run(softhsm_recovery_token: Token) -> None:
     token = softhsm_recovery_token
     base, peer, z = _base(token)
     stop = threading.Event()
+    gate = _Gate()
     closes = 0
 
     def saboteur() -> None:
         nonlocal closes
         while not stop.is_set() and closes < 5:
             time.sleep(0.05)
-            token.module.fn.raw("C_CloseAllSessions")(token.pool.slot)
+            gate.exclusive(lambda: token.module.fn.raw("C_CloseAllSessions")(token.pool.slot))
             closes += 1
+
+    def call(fn: "Callable[[], T]") -> "T":
+        gate.enter()
+        try:
+            return fn()
+        finally:
+            gate.leave()
 
     def worker(_: int) -> list[bytes]:
         out = []
         for i in range(150):
-            assert token.ecdh_secret(base, peer=peer) == z
+            assert call(lambda: token.ecdh_secret(base, peer=peer)) == z
             if i % 30 == 0:
                 kid = os.urandom(16)
-                token.ecdh_derive(base, SecretSpec(kid, "r", SecretType.AES, 32), peer=peer)
+                call(lambda: token.ecdh_derive(base, SecretSpec(kid, "r", SecretType.AES, 32), peer=peer))
                 out.append(kid)
         return out
 
@@ -57,7 +106,8 @@ def test_all_sessions_closed_from_outside_mid_run(softhsm_recovery_token: Token)
         stop.set()
         thread.join()
     assert closes >= 1 and token.counters["recoveries"] > before
-    for kid in created:  # every derive that answered exists exactly once
+    assert token.pool_stats().in_use == 0
+    for kid in created:  # every derive that answered exists
         assert token.get_key(kid).secret_type is SecretType.AES
 
 
