@@ -159,3 +159,31 @@ def test_plain_listener_serves_only_probes_and_the_tls_listener_is_hardened(tmp_
         assert b" 400 " in head.split(b"\r\n")[0] and b"application/json" in head
         assert b"aiohttp" not in head and b"Python" not in head
         assert body.startswith(b'{"message": "malformed request')
+
+
+def test_a_worker_that_dies_is_replaced(tmp_path: Path) -> None:
+    setup = make_setup(tmp_path)
+    with running(setup, "--workers", "2") as server:
+        first: set[int] = set()
+        while len(first) < 2:
+            first.add(get_json(setup, "/healthz")[1]["pid"])
+            assert len(first) <= 2
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        seen: set[int] = set()
+        attempts = 0
+        while not (seen - first):  # a new worker answers, and the survivor still does
+            attempts += 1
+            assert attempts < MAX_ATTEMPTS, f"no replacement for worker {victim}"
+            try:
+                status, body = get_json(setup, "/healthz")
+            except OSError:  # a connection the killed worker had accepted
+                continue
+            if status == 200:
+                seen.add(body["pid"])
+            time.sleep(0.02)
+        assert victim not in seen
+        (replacement,) = seen - first
+        assert parent_of(replacement) == server.proc.pid
+        assert server.stop() == 0
+    assert any("exited with code -9; starting a new one" in e["msg"] for e in server.log_entries())
