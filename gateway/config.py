@@ -504,21 +504,21 @@ def _parse_server(table: _Table) -> ServerConfig:
         present = "tls_cert" if missing == "tls_key" else "tls_key"
         raise table.error(missing, f"missing; expected a PEM file path since {table.key(present)} is set")
     trusted_proxies = _parse_networks(table, "trusted_proxies")
-    limits = {
-        "max_body_bytes": table.integer("max_body_bytes", DEFAULT_MAX_BODY_BYTES, 1024, 1024**3),
-        "request_timeout": table.seconds("request_timeout", DEFAULT_REQUEST_TIMEOUT, 0.1, 3600),
-        "readiness_timeout": table.seconds("readiness_timeout", DEFAULT_READINESS_TIMEOUT, 0.1, 600),
-        "shutdown_timeout": table.seconds("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT, 0, 3600),
-        "workers": table.integer("workers", 1, 1, MAX_WORKERS),
-    }
+    max_body_bytes = table.integer("max_body_bytes", DEFAULT_MAX_BODY_BYTES, 1024, 1024**3)
+    request_timeout = table.seconds("request_timeout", DEFAULT_REQUEST_TIMEOUT, 0.1, 3600)
+    readiness_timeout = table.seconds("readiness_timeout", DEFAULT_READINESS_TIMEOUT, 0.1, 600)
+    shutdown_timeout = table.seconds("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT, 0, 3600)
+    workers = table.integer("workers", 1, 1, MAX_WORKERS)
     plain = _parse_address(table, "plain_listen")
     if plain is not None and plain == (host, port):
         raise table.error("plain_listen", f"is the same address as {table.key('listen')}; "
                                           "expected a separate host:port for plain HTTP")
     table.finish()
     return ServerConfig(host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, trusted_proxies=trusted_proxies,
+                        max_body_bytes=max_body_bytes, request_timeout=request_timeout,
+                        readiness_timeout=readiness_timeout, shutdown_timeout=shutdown_timeout, workers=workers,
                         plain_host=None if plain is None else plain[0],
-                        plain_port=None if plain is None else plain[1], **limits)
+                        plain_port=None if plain is None else plain[1])
 
 
 def _parse_logging(table: _Table | None) -> LoggingConfig:

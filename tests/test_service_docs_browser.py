@@ -37,6 +37,7 @@ async def test_docs_page_renders_the_derive_operations(tmp_path: Path, softhsm_s
         [hem]
         eid = "c2VydmljZSB0ZXN0"
         """))
+    assert CHROMIUM is not None
     tokens = TokenSet.open([softhsm_settings("service", name="t", sessions=2)])
     server = TestServer(create_app(load_config(path), tokens), host="127.0.0.1")
     await server.start_server()

@@ -56,7 +56,7 @@ _TOKEN_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.
 # --------------------------------------------------------------------------- the metrics
 
 # The *_created series double the output and say nothing a scraper needs.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 http_requests = Counter(
     "gateway_http_requests", "HTTP requests answered, by route template, method and status code",
@@ -181,7 +181,7 @@ def render(accept: str = "") -> tuple[bytes, str]:
     from prometheus_client import multiprocess
 
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     return encoder(registry), content_type
 
 
@@ -190,4 +190,4 @@ def worker_exited(pid: int, directory: str) -> None:
     counters and histograms stay, so totals never go backwards)."""
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(pid, directory)
+    multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]

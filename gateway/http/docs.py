@@ -83,7 +83,8 @@ def openapi_bytes() -> bytes:
 
 def openapi_document() -> dict[str, Any]:
     """The document, parsed (a fresh copy each call)."""
-    return json.loads(openapi_bytes())
+    document: dict[str, Any] = json.loads(openapi_bytes())
+    return document
 
 
 async def openapi_handler(request: web.Request) -> web.Response:

@@ -204,7 +204,7 @@ def install(app: web.Application) -> None:
 # --------------------------------------------------------------------------- malformed HTTP
 
 
-class _JsonErrorRequestHandler(RequestHandler):  # type: ignore[misc]
+class _JsonErrorRequestHandler(RequestHandler):
     """Answers aiohttp produces before routing (malformed requests) as JSON, too."""
 
     def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
