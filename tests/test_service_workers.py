@@ -187,3 +187,34 @@ def test_a_worker_that_dies_is_replaced(tmp_path: Path) -> None:
         assert parent_of(replacement) == server.proc.pid
         assert server.stop() == 0
     assert any("exited with code -9; starting a new one" in e["msg"] for e in server.log_entries())
+
+
+def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    """No orphaned worker keeps serving (and holding HSM sessions) after its supervisor died."""
+    setup = make_setup(tmp_path)
+    with running(setup, "--workers", "2") as server:
+        pids: set[int] = set()
+        attempts = 0
+        while len(pids) < 2:
+            attempts += 1
+            assert attempts < MAX_ATTEMPTS
+            pids.add(get_json(setup, "/healthz")[1]["pid"])
+        server.proc.kill()
+        server.proc.wait()
+        attempts = 0
+        while any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in pids):
+            attempts += 1
+            assert attempts < MAX_ATTEMPTS, "a worker outlived its supervisor"
+            time.sleep(0.05)
+    workers_said = [e["msg"] for e in server.log_entries() if e.get("pid") in pids]
+    assert workers_said.count("tokens closed (sessions logged out)") == 2  # they shut down cleanly
+
+
+def _state(pid: int) -> str:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("State:"):
+                return line
+    except OSError:
+        return "gone"
+    return ""
