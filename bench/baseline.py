@@ -37,7 +37,8 @@ class RawWorker:
         line = self._proc.stdout.readline()
         if not line:
             raise RawError(f"raw worker for {self.token.settings.name} exited (code {self._proc.wait()})")
-        return json.loads(line)
+        answer: dict[str, Any] = json.loads(line)
+        return answer
 
     def call(self, op: str, **args: Any) -> dict[str, Any]:
         assert self._proc.stdin is not None
@@ -46,7 +47,8 @@ class RawWorker:
         answer = self._read()
         if "error" in answer:
             raise RawError(f"raw worker for {self.token.settings.name}, {op}: {answer['error']}")
-        return answer["ok"]
+        result: dict[str, Any] = answer["ok"]
+        return result
 
     def sample(self, op: str, **args: Any) -> Sample:
         return Sample.from_dict(self.call(op, **args))

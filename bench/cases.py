@@ -111,9 +111,12 @@ LOOKUP_LABEL = "bench-lookup"
 
 def _create_keys(token: Token, count: int, threads: int) -> list[bytes]:
     kids = [os.urandom(16) for _ in range(count)]
-    spec = lambda kid: SecretSpec(kid, LOOKUP_LABEL, SecretType.AES, 32, Usage(encrypt=True))  # noqa: E731
+
+    def create(kid: bytes) -> None:
+        token.generate_secret(SecretSpec(kid, LOOKUP_LABEL, SecretType.AES, 32, Usage(encrypt=True)))
+
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda kid: token.generate_secret(spec(kid)), kids))
+        list(pool.map(create, kids))
     return kids
 
 

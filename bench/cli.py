@@ -12,6 +12,7 @@ import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Callable
 
 from bench import cases, machine
 from bench.baseline import REPO, RawError, RawWorker
@@ -93,9 +94,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _profile(token_name: str, case: str, op, seconds: float, directory: Path) -> None:  # type: ignore[no-untyped-def]
+def _profile(token_name: str, case: str, op: Callable[[int], object], seconds: float, directory: Path) -> None:
     try:
-        from pyinstrument import Profiler
+        from pyinstrument import Profiler  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         log.warning("--profile: pyinstrument is not installed (pip install pyinstrument); skipped")
         return

@@ -75,7 +75,7 @@ def open_session(config: dict[str, Any]) -> Any:
     path = config["module"]
     if config.get("init_args"):
         _initialize_with_args(path, config["init_args"])
-        lib = pkcs11._pkcs11.lib.__new__(pkcs11._pkcs11.lib, path)
+        lib = pkcs11._pkcs11.lib.__new__(pkcs11._pkcs11.lib, path)  # type: ignore[call-arg]  # Cython __cinit__ takes it
     else:
         lib = pkcs11.lib(path)
     token = lib.get_token(token_label=config["label"])
