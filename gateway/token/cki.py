@@ -227,6 +227,24 @@ class FunctionList:
             raise CKRError(rv, name)
 
 
+_PACKED: dict[tuple[type, int], Any] = {}
+
+
+def _packed(value: bool | int) -> Any:
+    """A shared buffer for a CK_BBOOL/CK_ULONG template value.
+
+    Modules only read template values, so one immutable buffer per value can
+    serve every template in every thread; this saves most of the per-call
+    ctypes allocations of a 16-attribute template.
+    """
+    key = (type(value), int(value))
+    buf = _PACKED.get(key)
+    if buf is None:
+        buf = CK_BBOOL(1 if value else 0) if isinstance(value, bool) else CK_ULONG(value)
+        _PACKED[key] = buf
+    return buf
+
+
 class Template:
     """A CK_ATTRIBUTE array built from {attribute: value}, keeping its buffers alive.
 
@@ -238,21 +256,19 @@ class Template:
         self.count = len(attrs)
         self.array = (CK_ATTRIBUTE * max(self.count, 1))()
         for i, (atype, value) in enumerate(attrs.items()):
-            buf: Any
-            if isinstance(value, bool):
-                buf = CK_BBOOL(1 if value else 0)
-                size = ctypes.sizeof(buf)
-            elif isinstance(value, int):
-                buf = CK_ULONG(value)
-                size = ctypes.sizeof(buf)
-            else:
-                raw = value.encode() if isinstance(value, str) else bytes(value)
+            entry = self.array[i]
+            entry.type = atype
+            if isinstance(value, (bool, int)):
+                buf = _packed(value)
+                entry.pValue = ctypes.addressof(buf)
+                entry.ulValueLen = ctypes.sizeof(buf)
+                continue
+            raw = value.encode() if isinstance(value, str) else bytes(value)
+            if raw:
                 buf = ctypes.create_string_buffer(raw, len(raw))
-                size = len(raw)
-            self._keep.append(buf)
-            self.array[i].type = atype
-            self.array[i].pValue = ctypes.cast(byref(buf), c_void_p) if size else None
-            self.array[i].ulValueLen = size
+                self._keep.append(buf)
+                entry.pValue = ctypes.addressof(buf)
+            entry.ulValueLen = len(raw)
 
     @property
     def pointer(self) -> Any:

@@ -8,6 +8,8 @@ uncompressed SEC1 point, or the raw 32/56-byte Montgomery key.
 
 from __future__ import annotations
 
+import functools
+
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, x448, x25519
 
@@ -46,6 +48,7 @@ def _curve_of(key: object) -> Curve | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_peer(curve: Curve, data: bytes) -> bytes:
     """Accept a raw (uncompressed or compressed) point, DER SubjectPublicKeyInfo or
     PEM, check it lies on ``curve``, and return the canonical encoding."""
@@ -100,4 +103,6 @@ def normalize_peer(curve: Curve, data: bytes) -> bytes:
         point = ec.EllipticCurvePublicKey.from_encoded_point(_EC_CURVES[curve], data)
     except ValueError:
         raise InvalidInput(f"the peer point is not on {curve.value}") from None
+    if data[0] == 0x04:
+        return data  # already canonical, and now known to lie on the curve
     return point.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import logging
 import threading
+import time
 from collections import Counter
 from hmac import compare_digest as hmac_compare
 from concurrent.futures import ThreadPoolExecutor
@@ -66,6 +67,7 @@ _KEY_ATTRS = (
     CKA.ENCRYPT, CKA.SIGN, CKA.DERIVE, CKA.VALUE_LEN, CKA.EC_PARAMS, CKA.EC_POINT,
 )
 _PROBE_ID = b"gateway-capability-probe"
+_TRUST_SECONDS = 1.0
 CKS_RO_USER_FUNCTIONS = 1
 CKS_RW_USER_FUNCTIONS = 3
 
@@ -98,6 +100,7 @@ class Token:
         self._token_generation = 0
         self._handles: dict[tuple[bytes, int], tuple[int, Any]] = {}
         self._handles_lock = threading.Lock()
+        self._checked: dict[tuple[bytes, int], float] = {}  # when a cached handle was last confirmed
         # Calls that cost a full object scan on SoftHSM2, and recoveries: for metrics and tests.
         self.counters: Counter[str] = Counter()
         self._executor = ThreadPoolExecutor(max_workers=settings.sessions, thread_name_prefix=f"pkcs11-{self.name}")
@@ -422,18 +425,23 @@ class Token:
         self._check_login(session)
         return NotFound(f"no key with kid {kid.hex()} in token {self.name!r}")
 
-    def _read_id(self, session: int, handle: int) -> bytes | None:
-        """CKA_ID in one call (the cache check on every keyed operation)."""
+    def _read_one(self, session: int, handle: int, attr_type: int, size: int) -> bytes | None:
+        """One attribute in one call when it fits ``size`` bytes (two otherwise)."""
         from .cki import CK_ATTRIBUTE
 
-        buf = ctypes.create_string_buffer(64)
-        attr = CK_ATTRIBUTE(CKA.ID, ctypes.cast(buf, ctypes.c_void_p), 64)
+        buf = ctypes.create_string_buffer(size)
+        attr = CK_ATTRIBUTE(attr_type, ctypes.addressof(buf), size)
         rv = self.module.fn.raw("C_GetAttributeValue")(session, handle, byref(attr), 1)
         if rv == CKR.BUFFER_TOO_SMALL:
-            return self._attrs(session, handle, (CKA.ID,))[CKA.ID]
+            return self._attrs(session, handle, (attr_type,))[attr_type]
+        if rv == CKR.ATTRIBUTE_SENSITIVE:
+            return None
         if rv != CKR.OK:
             raise CKRError(rv, "C_GetAttributeValue")
         return buf.raw[: attr.ulValueLen]
+
+    def _read_id(self, session: int, handle: int) -> bytes | None:
+        return self._read_one(session, handle, CKA.ID, 64)
 
     def _destroy_handles(self, session: int, handles: Iterable[int | None]) -> None:
         for handle in handles:
@@ -522,8 +530,16 @@ class Token:
         with self._handles_lock:
             cached = self._handles.get(key)
         if cached is not None:
+            # A handle used within the last second is trusted: an object destroyed
+            # since fails the call with CKR_OBJECT_HANDLE_INVALID, which
+            # _with_handle_retry turns into a fresh lookup.  Older entries are
+            # confirmed by their CKA_ID, in case a module reuses handle numbers.
+            now = time.monotonic()
+            if now - self._checked.get(key, 0.0) < _TRUST_SECONDS:
+                return cached
             try:
                 if self._read_id(session, cached[0]) == kid:
+                    self._checked[key] = now
                     return cached
             except CKRError as exc:
                 if exc.rv not in HANDLE_GONE:
@@ -543,12 +559,14 @@ class Token:
         entry = (handle, facts)
         with self._handles_lock:
             self._handles[key] = entry
+        self._checked[key] = time.monotonic()
         return entry
 
     def _forget(self, kid: bytes) -> None:
         with self._handles_lock:
             for cls in (CKO.SECRET_KEY, CKO.PRIVATE_KEY, CKO.PUBLIC_KEY):
                 self._handles.pop((kid, cls), None)
+                self._checked.pop((kid, cls), None)
 
     def _created_secret(self, handle: int, spec: SecretSpec) -> KeyInfo:
         """KeyInfo of a secret key just made from ``spec``: every attribute was set
@@ -638,8 +656,10 @@ class Token:
 
     def _remember(self, info: KeyInfo, handle: int) -> None:
         facts: Any = (info.secret_type, info.length or 0) if info.key_class is KeyClass.SECRET else info.curve
+        key = (info.kid, _CLASS_CKO[info.key_class])
         with self._handles_lock:
-            self._handles[(info.kid, _CLASS_CKO[info.key_class])] = (handle, facts)
+            self._handles[key] = (handle, facts)
+        self._checked[key] = time.monotonic()
 
     def _object_info(self, session: int, handle: int) -> KeyInfo | None:
         a = self._attrs(session, handle, _KEY_ATTRS)
@@ -890,7 +910,7 @@ class Token:
                 lambda h: self._ecdh(s.handle, h, point, spec, EcdhKdf.NULL, b"", extra),
             )
             try:
-                value = self._attrs(s.handle, z, (CKA.VALUE,))[CKA.VALUE]
+                value = self._read_one(s.handle, z, CKA.VALUE, curve.field_bytes)
             finally:
                 self._destroy_handles(s.handle, (z,))
             if value is None:

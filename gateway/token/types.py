@@ -30,16 +30,7 @@ class Curve(enum.Enum):
     @property
     def field_bytes(self) -> int:
         """Length of the ECDH shared secret Z (and of one coordinate)."""
-        return {
-            Curve.P256: 32,
-            Curve.P384: 48,
-            Curve.P521: 66,
-            Curve.SECP256K1: 32,
-            Curve.X25519: 32,
-            Curve.X448: 56,
-            Curve.ED25519: 32,
-            Curve.ED448: 57,
-        }[self]
+        return _FIELD_BYTES[self.value]
 
     @property
     def public_bytes(self) -> int:
@@ -47,6 +38,12 @@ class Curve(enum.Enum):
         if self.family == "weierstrass":
             return 1 + 2 * self.field_bytes
         return self.field_bytes
+
+
+_FIELD_BYTES = {
+    "P-256": 32, "P-384": 48, "P-521": 66, "secp256k1": 32,
+    "X25519": 32, "X448": 56, "Ed25519": 32, "Ed448": 57,
+}
 
 
 class SecretType(enum.Enum):
