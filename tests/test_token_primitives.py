@@ -428,3 +428,17 @@ def test_detected_capabilities_match_the_known_tokens(softhsm_token: Token, nss_
     assert {EcdhKdf.SHA256, EcdhKdf.SHA384, EcdhKdf.SHA512} <= nss.ecdh_kdfs
     assert SecretType.CHACHA20 in nss.secret_types and nss.chacha20_poly1305 and nss.sp800_108
     assert sh.data_objects and not nss.data_objects
+
+
+def test_get_data_by_label_is_cached(token: Token) -> None:
+    if not token.capabilities.data_objects:
+        pytest.skip("this token refuses CKO_DATA token objects")
+    app = f"gateway-test-{os.urandom(4).hex()}"
+    token.create_data(app, "rec", b"value")
+    assert token.get_data(app, "rec").value == b"value"  # type: ignore[union-attr]
+    scans = token.counters["find_objects"]
+    assert token.get_data(app, "rec").value == b"value"  # type: ignore[union-attr]
+    assert token.counters["find_objects"] == scans
+    token.destroy_data(app, "rec")
+    assert token.get_data(app, "rec") is None
+    assert token.get_data(app, "other") is None

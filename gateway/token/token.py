@@ -1109,6 +1109,41 @@ class Token:
 
         self._call(op)
 
+    def get_data(self, application: str, label: str) -> DataObject | None:
+        """One record by application and label; the handle is cached like a key's,
+        and the record read back on every call confirms it."""
+        app = application.encode()
+        cache_key = (b"data\0" + app + b"\0" + label.encode(), CKO.DATA)
+
+        def read(s: Session, handle: int) -> DataObject | None:
+            a = self._attrs(s.handle, handle, (CKA.APPLICATION, CKA.LABEL, CKA.VALUE))
+            if a[CKA.APPLICATION] != app or (a[CKA.LABEL] or b"").decode(errors="replace") != label:
+                return None
+            return DataObject(application, label, a[CKA.VALUE] or b"")
+
+        def op(s: Session) -> DataObject | None:
+            with self._handles_lock:
+                cached = self._handles.get(cache_key)
+            if cached is not None:
+                try:
+                    found = read(s, cached[0])
+                    if found is not None:
+                        return found
+                except CKRError as exc:
+                    if exc.rv not in HANDLE_GONE:
+                        raise
+                with self._handles_lock:
+                    self._handles.pop(cache_key, None)
+            handles = self._find(s.handle, {CKA.CLASS: CKO.DATA, CKA.TOKEN: True, CKA.APPLICATION: app, CKA.LABEL: label}, 1)
+            if not handles:
+                self._check_login(s.handle)
+                return None
+            with self._handles_lock:
+                self._handles[cache_key] = (handles[0], None)
+            return read(s, handles[0])
+
+        return self._call(op)
+
     def list_data(self, application: str) -> list[DataObject]:
         def op(s: Session) -> list[DataObject]:
             self._check_login(s.handle)

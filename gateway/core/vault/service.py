@@ -93,10 +93,10 @@ class VaultService:
         return [v for v in await self.records.all() if v.owner == owner]
 
     async def get_vault(self, owner: Owner, vault_id: UUID) -> Vault:
-        for vault in await self.records.all():
-            if vault.id == vault_id and vault.owner == owner:
-                return vault
-        raise NotFound("vault not found")
+        vault = await self.records.get(vault_id)
+        if vault is None or vault.owner != owner:
+            raise NotFound("vault not found")  # another owner's vault is not revealed
+        return vault
 
     async def create_vault(self, owner: Owner, name: str, description: str) -> Vault:
         vault = Vault(uuid4(), owner, name, description, utc_now())

@@ -55,6 +55,20 @@ class VaultRecords:
             spec = SecretSpec(vault.id.bytes, record, SecretType.GENERIC, _MARKER_BYTES, Usage())
             await token.run(token.generate_secret, spec)
 
+    async def get(self, vault_id: UUID) -> Vault | None:
+        """One vault by id, without listing them all (cached lookups in the adapter:
+        on SoftHSM2 a listing scans every object in the token)."""
+        token = self.token
+        assert token is not None
+        if self.as_data:
+            record = await token.run(token.get_data, DATA_APPLICATION, str(vault_id))
+            text: str | bytes | None = record.value if record is not None else None
+        else:
+            info = await token.run(token.find_key, vault_id.bytes)
+            text = info.label if info is not None else None
+        vault = vault_from_record(text) if text is not None else None
+        return vault if vault is not None and vault.id == vault_id else None
+
     async def all(self) -> list[Vault]:
         token = self.token
         assert token is not None
