@@ -9,7 +9,9 @@ Several workers (``gateway serve --workers N``): this process becomes a
 supervisor that never loads a PKCS#11 module.  It starts N fresh Python
 processes (``fork`` + ``exec``, so each initialises its own modules - a
 process with a module loaded is never forked) that all bind the same port
-with ``SO_REUSEPORT``; the kernel spreads connections over them.  The
+with ``SO_REUSEPORT``; the kernel spreads connections over them.  The first
+worker starts alone and the others once it is ready, so the token objects
+the deployment shares (HEM and audit keys) are made by one process.  The
 supervisor forwards SIGTERM/SIGINT, restarts a worker that dies after it was
 ready, and gives up when one fails to start (its exit code becomes ours).
 Workers share their metrics through ``PROMETHEUS_MULTIPROC_DIR``.
@@ -290,10 +292,17 @@ class Supervisor:
         code = EXIT_OK
         announced = False
         try:
-            for slot in range(self.workers):
-                self._running[slot] = self._spawn(slot)
+            # The first worker starts alone: it creates what the deployment keeps in the token
+            # (HEM and audit keys) before the others look for it, so concurrent first starts on
+            # a fresh token cannot each make their own (SoftHSM2 does not show one process's
+            # brand-new objects to another reliably enough for that race).
+            self._running[0] = self._spawn(0)
             while not self._stopping:
                 self._read_ready(0.2)
+                if len(self._running) < self.workers and self._running.get(0) is not None and self._running[0].ready:
+                    for slot in range(1, self.workers):
+                        if slot not in self._running:
+                            self._running[slot] = self._spawn(slot)
                 for worker in list(self._running.values()):
                     if worker.proc.poll() is not None:
                         failed = self._reap(worker)
