@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import fcntl
+import functools
 import hmac as hmac_lib
 import json
 import logging
@@ -187,7 +188,9 @@ class AuditLog:
         from gateway.token import HashAlg
 
         token.capabilities.require_hmac(HashAlg.SHA256)
-        info = await token.run(ensure_system_key, token, AUDIT_KEY_ROLE, "", lambda kid, label: _make_mac_key(token, kid, label))
+        info = await token.run(functools.partial(
+            ensure_system_key, token, AUDIT_KEY_ROLE, "", lambda kid, label: _make_mac_key(token, kid, label),
+            lock_dir=directory / "locks"))
         return cls(directory, token, info.kid, **kwargs)
 
     def close(self) -> None:

@@ -21,20 +21,33 @@ also holds for processes on different hosts sharing a network HSM):
    else relabel ours *committed*.
 
 A process commits only after seeing its key alone, and every later creator
-sees it and withdraws, so at most one key is ever committed.
+sees it and withdraws, so at most one key is ever committed - provided every
+process sees the others' objects at once.  SoftHSM2 does not quite promise
+that: two processes writing at the same moment can each miss the other's
+new object for a while (its change counter is a shared file).  Two guards:
+
+- processes on one host take a file lock around the whole protocol
+  (``lock_dir``), which serialises them completely;
+- after committing, a process looks once more after a short settle time and,
+  if another committed key of the role exists, keeps the smallest kid (as
+  every reader does) and destroys its own when it lost.
 
 Every function here blocks on the token: run them with ``await token.run(...)``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import random
 import time
 from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from gateway.errors import NotFound, TokenUnavailable
@@ -47,6 +60,7 @@ log = logging.getLogger(__name__)
 LABEL_MARK: Final = "gw-sys"
 STALE_SECONDS: Final = 30.0
 MAX_ATTEMPTS: Final = 60
+SETTLE_SECONDS: Final = 0.3
 _PENDING: Final = "pending"
 _COMMITTED: Final = "ok"
 
@@ -95,15 +109,37 @@ def find_system_key(token: Token, role: str, scope: str = "") -> KeyInfo | None:
     return committed[0] if committed else None
 
 
+@contextlib.contextmanager
+def _host_lock(lock_dir: Path | None, role: str, scope: str) -> Iterator[None]:
+    if lock_dir is None:
+        yield
+        return
+    lock_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in f"{role}-{scope}")[:100]
+    fd = os.open(lock_dir / f"system-key-{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def ensure_system_key(
     token: Token,
     role: str,
     scope: str,
     create: Callable[[bytes, str], KeyInfo],
     *,
+    lock_dir: Path | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> KeyInfo:
     """The committed key of ``role``/``scope``, created with ``create(kid, label)`` if none exists."""
+    with _host_lock(lock_dir, role, scope):
+        return _ensure(token, role, scope, create, sleep)
+
+
+def _ensure(token: Token, role: str, scope: str, create: Callable[[bytes, str], KeyInfo],
+            sleep: Callable[[float], None]) -> KeyInfo:
     for _ in range(MAX_ATTEMPTS):
         keys = _of_role(token, role, scope)
         committed = sorted((i for i, m in keys if m.state == _COMMITTED), key=lambda i: i.kid)
@@ -131,6 +167,16 @@ def ensure_system_key(
             sleep(random.uniform(0.05, 0.3))
             continue
         token.set_label(kid, SystemKeyLabel(role, scope, _COMMITTED, now).encode())
+        sleep(SETTLE_SECONDS)
+        committed = sorted((i for i, m in _of_role(token, role, scope) if m.state == _COMMITTED), key=lambda i: i.kid)
+        if committed and committed[0].kid != kid:
+            log.warning("token %s: another process committed a %s key at the same time; using it", token.name, role)
+            if any(i.kid == kid for i in committed):
+                try:
+                    token.destroy(kid)
+                except NotFound:
+                    pass
+            return committed[0]
         log.info("token %s: created the %s key", token.name, role)
         return token.get_key(kid)
     raise TokenUnavailable(f"token {token.name!r}: could not settle on one {role} key (other processes kept creating one)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -84,13 +85,16 @@ class HemService:
         def make_session(kid: bytes, label: str) -> KeyInfo:
             return token.generate_secret(SecretSpec(kid, label, SecretType.GENERIC, 32, Usage(sign=True)))
 
-        session = await token.run(ensure_system_key, token, SESSION_KEY_ROLE, dep.scope, make_session)
+        lock_dir = config.state_dir / "locks"
+        session = await token.run(functools.partial(
+            ensure_system_key, token, SESSION_KEY_ROLE, dep.scope, make_session, lock_dir=lock_dir))
         challenge_key: TokenChallengeKey | SoftwareChallengeKey
         if Curve.X25519 in caps.ecdh_curves and Curve.X25519 in caps.curves:
             def make_challenge(kid: bytes, label: str) -> KeyInfo:
                 return token.generate_keypair(kid, label, Curve.X25519, Usage(derive=True))
 
-            info = await token.run(ensure_system_key, token, CHALLENGE_KEY_ROLE, dep.scope, make_challenge)
+            info = await token.run(functools.partial(
+                ensure_system_key, token, CHALLENGE_KEY_ROLE, dep.scope, make_challenge, lock_dir=lock_dir))
             assert info.public_key is not None
             challenge_key = TokenChallengeKey(token, info.kid, info.public_key)
         else:
