@@ -475,3 +475,19 @@ async def test_secret_import_needs_the_flag(aiohttp_client: ClientFactory, token
     assert response.status == 403
     assert await response.json() == {"message": "importing key material is disabled (vault.allow_secret_import = false)"}
     assert await ok(await client.get(f"/api/v1/vaults/{vault}/keys", headers=owner), 200) == []
+
+
+async def test_derive_and_refusals_feed_the_service_metrics(client: Client) -> None:
+    from gateway.core import metrics
+
+    def value(counter: object, dialect: str) -> float:
+        return counter.labels(dialect=dialect)._value.get()  # type: ignore[attr-defined]
+
+    derived, refused = value(metrics.keys_derived, "vault"), value(metrics.auth_failures, "vault")
+    owner = app_owner()
+    vault = (await make_vault(client, owner))["id"]
+    parent = await make_key(client, owner, vault, "ChaCha20")
+    await ok(await derive(client, owner, vault, parent["id"], nonce=1, context="c", name="n", description="d"), 201)
+    assert value(metrics.keys_derived, "vault") == derived + 1
+    assert (await client.get("/api/v1/vaults", headers={"Authorization": "Bearer nonsense"})).status == 401
+    assert value(metrics.auth_failures, "vault") == refused + 1

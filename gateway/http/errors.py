@@ -14,6 +14,7 @@ import logging
 from aiohttp import web
 
 from gateway import errors
+from gateway.core import metrics
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ def error_response(exc: errors.GatewayError, dialect: Dialect) -> web.Response:
     """JSON error body: ``{"message": ...}`` in every dialect (HEM devices send
     empty bodies; a message costs HEM clients nothing and helps people)."""
     status = status_for(exc, dialect)
+    if status == 401:
+        metrics.auth_failures.labels(dialect=dialect.value).inc()
     if status >= 500:
         log.error("%s error answered %d: %s", dialect.value, status, exc.message)
     return web.Response(

@@ -9,6 +9,8 @@ are invisible here: asking for one by kid is "unknown kid" (406).
 
 from __future__ import annotations
 
+from gateway.core import metrics
+
 import hashlib
 import os
 import time
@@ -326,6 +328,7 @@ class HemKeys:
             else:
                 await self.token.run(self.token.ecdh_hkdf_derive, kid, spec, salt=None, info=recipes.info_for(target),
                                      hash_alg=HashAlg.SHA256, **peer.args())
+            metrics.keys_derived.labels(dialect="hem").inc()
             return new_kid
         recipes.require_asymmetric_policy(self.allow_asymmetric, target)
         target.require_supported(caps)
@@ -341,6 +344,7 @@ class HemKeys:
             await self.token.run(self.token.import_key_pair, new_kid, meta.encode(), target.curve, bytes(seed), public, usage)
         finally:
             recipes.wipe(seed)
+        metrics.keys_derived.labels(dialect="hem").inc()
         return new_kid
 
 

@@ -8,6 +8,8 @@ token calls, each on the worker threads of the token that holds the key.
 
 from __future__ import annotations
 
+from gateway.core import metrics
+
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -179,6 +181,7 @@ class VaultService:
         await token.run(token.hkdf_derive, parent.kid, out, salt=recipe.salt, info=recipe.info,
                         hash_alg=recipe.kdf.hash_alg)
         self.keys.remember(child)
+        metrics.keys_derived.labels(dialect="vault").inc()
         return child
 
     # -- using keys ------------------------------------------------------------------

@@ -103,13 +103,12 @@ def _event_for(status: int, event: LogType) -> LogType:
 
 
 def _count(event: LogType, status: int) -> None:
-    """The service metrics the dialects feed (gateway.core.metrics)."""
+    """Failed logins not answered 401.  Every 401 is counted where it is answered
+    (gateway.http.errors) and derived keys where they are made (the core)."""
     from gateway.core import metrics
 
-    if status == 401 or event is LogType.AUTH_FAILED_INTERNAL:
+    if status != 401 and event is LogType.AUTH_FAILED_INTERNAL:
         metrics.auth_failures.labels(dialect="hem").inc()
-    elif status == 200 and event is LogType.KEY_DERIVE:
-        metrics.keys_derived.labels(dialect="hem").inc()
 
 
 async def _record(request: web.Request, event: LogType, status: int, principal: Principal | None,
