@@ -19,7 +19,7 @@ from aiohttp import web
 from gateway.config import Config
 from gateway.core.audit import AuditLog
 from gateway.errors import TokenUnavailable
-from gateway.http.keys import CONFIG_KEY, TOKENS_KEY
+from gateway.http.keys import REQUEST_ID_KEY, CONFIG_KEY, TOKENS_KEY
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,11 @@ async def audit_log(app: web.Application) -> AuditLog:
 
 def request_id(request: web.Request) -> str:
     """The id another middleware gave the request, else a new one (kept on the request)."""
-    rid = request.get("request_id")
+    rid = request.get(REQUEST_ID_KEY)
     if not rid:
         rid = uuid.uuid4().hex
-        request["request_id"] = rid
-    return str(rid)
+        request[REQUEST_ID_KEY] = rid
+    return rid
 
 
 def setup(app: web.Application) -> None:

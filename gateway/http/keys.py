@@ -17,3 +17,6 @@ if TYPE_CHECKING:
 CONFIG_KEY: web.AppKey[Config] = web.AppKey("config", Config)
 # No runtime type: gateway.token is imported lazily (it loads pkcs11).
 TOKENS_KEY: web.AppKey[TokenSet] = web.AppKey("tokens")
+
+# The request id every log line and audit record of a request carries.
+REQUEST_ID_KEY: web.RequestKey[str] = web.RequestKey("request_id", str)

@@ -2,7 +2,7 @@
 
 Outermost first:
 
-1. :func:`request_context` gives the request an id (``request["request_id"]``,
+1. :func:`request_context` gives the request an id (``request[REQUEST_ID_KEY]``,
    the ``X-Request-Id`` response header, the log context), then logs and
    counts the answer.
 2. :func:`json_errors` turns every failure into a JSON ``{"message": ...}``
@@ -33,6 +33,8 @@ from http import HTTPStatus
 from typing import Any, Final
 
 from aiohttp import web
+
+from gateway.http.keys import REQUEST_ID_KEY
 from aiohttp.web_protocol import RequestHandler
 
 from gateway import errors
@@ -47,7 +49,6 @@ access_log = logging.getLogger("gateway.access")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 REQUEST_ID_HEADER: Final = "X-Request-Id"
-REQUEST_ID_KEY: Final = "request_id"  # request["request_id"], read by the audit trail
 SERVER_HEADER: Final = "pkcs11-gateway"  # deliberately without a version
 # An id a proxy sent along is kept when it is short and harmless in logs and audit records.
 _INCOMING_ID_RE: Final = re.compile(r"[A-Za-z0-9._:-]{8,64}")
