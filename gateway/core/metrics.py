@@ -24,11 +24,10 @@ client chose freely.
 
 from __future__ import annotations
 
-import contextvars
 import os
 import time
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Final
 
 from prometheus_client import (
     REGISTRY,
@@ -43,7 +42,6 @@ from prometheus_client.exposition import choose_encoder
 if TYPE_CHECKING:
     from gateway.token import Token, TokenSet
 
-T = TypeVar("T")
 
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -127,35 +125,19 @@ def update_token_gauges(tokens: Iterable[Token]) -> None:
         token_sessions_max.labels(token=token.name).set(stats.size)
 
 
-def _operation(fn: Callable[..., Any]) -> str:
-    return getattr(fn, "__name__", None) or type(fn).__name__
-
-
 def instrument_token(token: Token) -> None:
-    """Time every ``await token.run(fn, ...)`` of ``token`` by ``fn.__name__``; idempotent.
-
-    The call also runs in a copy of the caller's context, so log lines the
-    adapter writes from its worker thread carry the request id.
-    """
-    if getattr(token, "_gateway_metrics", False):
+    """Time every ``await token.run(fn, ...)`` of ``token`` by ``fn.__name__``; idempotent."""
+    if any(getattr(o, "_gateway_metrics", False) for o in token.observers):
         return
-    original = token.run
     name = token.name
 
-    async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        operation = _operation(fn)
-        context = contextvars.copy_context()
-        start = time.perf_counter()
-        try:
-            return await original(context.run, fn, *args, **kwargs)
-        except Exception as exc:
-            token_call_errors.labels(token=name, operation=operation, error=type(exc).__name__).inc()
-            raise
-        finally:
-            token_call_seconds.labels(token=name, operation=operation).observe(time.perf_counter() - start)
+    def observe(operation: str, seconds: float, error: BaseException | None) -> None:
+        token_call_seconds.labels(token=name, operation=operation).observe(seconds)
+        if isinstance(error, Exception):
+            token_call_errors.labels(token=name, operation=operation, error=type(error).__name__).inc()
 
-    token.run = run  # type: ignore[method-assign]
-    token._gateway_metrics = True  # type: ignore[attr-defined]
+    observe._gateway_metrics = True  # type: ignore[attr-defined]
+    token.observers.append(observe)
 
 
 def instrument_tokens(tokens: TokenSet) -> None:

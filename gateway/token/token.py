@@ -7,6 +7,7 @@ Every public method here blocks on the token; call them from worker threads
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ctypes
 import functools
 import hashlib
@@ -100,6 +101,8 @@ class Token:
         self._token_generation = 0
         self._handles: dict[tuple[bytes, int], tuple[int, Any]] = {}
         self._handles_lock = threading.Lock()
+        # Told (operation, seconds, error) after every ``run``: the service metrics.
+        self.observers: list[Callable[[str, float, BaseException | None], None]] = []
         self._checked: dict[tuple[bytes, int], float] = {}  # when a cached handle was last confirmed
         # Calls that cost a full object scan on SoftHSM2, and recoveries: for metrics and tests.
         self.counters: Counter[str] = Counter()
@@ -335,9 +338,28 @@ class Token:
         return TokenRefused(f"the token refused {exc.function} ({exc.name})", exc.name)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a blocking adapter call on this token's worker threads."""
+        """Run a blocking adapter call on this token's worker threads.
+
+        The call runs in a copy of the caller's context (so log lines written
+        from the worker thread carry the request's context variables), and each
+        of ``observers`` is told ``(operation, seconds, error)`` afterwards.
+        """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        if not self.observers:
+            return await loop.run_in_executor(self._executor, call)
+        started = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            return await loop.run_in_executor(self._executor, call)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            operation = getattr(fn, "__name__", None) or type(fn).__name__
+            for observe in self.observers:
+                observe(operation, elapsed, error)
 
     def pool_stats(self) -> PoolStats:
         return self.pool.stats()
