@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from gateway.core import metrics
 
+import functools
 import hashlib
 import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
 
 MAX_PAGE: Final = 15
 MAX_NEEDLE_BYTES: Final = 64
+# Keys remembered for use (see HemKeys.load_for_use); bounded so memory stays flat.
+USE_CACHE_KEYS: Final = 4096
 
 _EC: Final = {
     Curve.P256: ec.SECP256R1(),
@@ -90,6 +94,7 @@ class HemKey:
         return entry
 
 
+@functools.lru_cache(maxsize=1024)  # clients repeat their peer keys; decompressing a point costs ~30 us
 def canonical_public_key(key_type: KeyType, data: bytes) -> bytes:
     """Validate a public key of ``key_type``: compressed X9.63 for SECP, raw for the rest (400 when wrong)."""
     curve = key_type.curve
@@ -150,6 +155,7 @@ class HemKeys:
         self.token = token
         self.recipe_setting = recipe_setting
         self.allow_asymmetric = allow_asymmetric
+        self._for_use: OrderedDict[bytes, HemKey] = OrderedDict()
 
     @property
     def recipe(self) -> Recipe:
@@ -163,6 +169,25 @@ class HemKeys:
         if info is None or meta is None:
             raise NotFound(f"no key with kid {kid.hex()}")
         return HemKey(info, meta)
+
+    async def load_for_use(self, kid: bytes) -> HemKey:
+        """A key about to be used (ECDH, derive, cipher, HMAC, signatures), from a per-process
+        cache after its first load.
+
+        Using a key reads only what never changes in a key's life: type, modes,
+        class, curve, usage flags and public key (update changes label and descr
+        only).  Whether the key still exists is the token call's to say: a key
+        another process deleted fails it with NotFound, as a fresh load would.
+        """
+        key = self._for_use.get(kid)
+        if key is not None:
+            self._for_use.move_to_end(kid)
+            return key
+        key = await self.load(kid)
+        self._for_use[kid] = key
+        if len(self._for_use) > USE_CACHE_KEYS:
+            self._for_use.popitem(last=False)
+        return key
 
     async def all(self) -> list[HemKey]:
         keys = []
@@ -267,17 +292,19 @@ class HemKeys:
         descr = parse_descr(body.get("descr"))
         key = await self.load(kid)
         await self.token.run(self.token.set_label, kid, key.meta.updated_with(label, descr, _now()).encode())
+        self._for_use.pop(kid, None)
         return kid
 
     async def delete(self, kid: bytes) -> None:
         await self.load(kid)
+        self._for_use.pop(kid, None)
         await self.token.run(self.token.destroy, kid)
 
     # -- derive ----------------------------------------------------------------------
 
     async def ecdh_base(self, kid: bytes) -> HemKey:
         """A stored private key that may do ECDH (406 otherwise)."""
-        base = await self.load(kid)
+        base = await self.load_for_use(kid)
         curve = base.info.curve
         if not base.private or curve is None or curve.family == "edwards" or ECDH not in base.meta.modes or not base.info.usage.derive:
             raise Unsupported(f"key {kid.hex()} cannot do ECDH: it is not a private {ECDH}-mode key", "CKA_DERIVE")
@@ -287,7 +314,7 @@ class HemKeys:
         """The peer of an ECDH: ``ext_kid`` wins over ``pubkey``; it must be of the base key's type (400)."""
         if body.get("ext_kid") is not None:
             peer_kid = parse_kid(body.get("ext_kid"), "ext_kid")
-            peer = await self.load(peer_kid)
+            peer = await self.load_for_use(peer_kid)
             if peer.meta.type is not base.meta.type:
                 raise InvalidInput(f"the peer key {peer_kid.hex()} is {peer.meta.type.value}, the key {base.kid.hex()} "
                                    f"is {base.meta.type.value}; ECDH needs both of one type")

@@ -85,7 +85,7 @@ class HemCrypto:
         if match.group(2) != "GCM":
             mech = f"CKM_AES_{match.group(2)}"
             raise Unsupported(f"{alg} is not offered by the gateway ({mech}); use AES{match.group(1)}-GCM", mech)
-        key = await self.keys.load(self.kid_of(body))
+        key = await self.keys.load_for_use(self.kid_of(body))
         wanted = KeyType(f"AES{match.group(1)}")
         if key.meta.type is not wanted:
             raise Unsupported(f"key {key.kid.hex()} is {key.meta.type.value}; {alg} needs an {wanted.value} key", "CKK_AES")
@@ -118,7 +118,7 @@ class HemCrypto:
 
     async def _hmac_key(self, body: dict[str, Any]) -> tuple[HemKey, HashAlg]:
         _no_ecdh_mode(body, "HMAC")
-        key = await self.keys.load(self.kid_of(body))
+        key = await self.keys.load_for_use(self.kid_of(body))
         hash_alg = key.meta.type.hmac_hash
         if hash_alg is None:
             raise Unsupported(f"key {key.kid.hex()} is {key.meta.type.value}, not an HMAC (SHA2-*/SHA3-*) key", "CKM_SHA256_HMAC")
@@ -141,7 +141,7 @@ class HemCrypto:
             raise Unsupported(f"{alg} is not offered by the gateway; use Ed25519 or Ed448 (pure EdDSA)", "CKM_EDDSA parameters")
         if alg not in _ECDSA and alg not in _EDDSA:
             raise InvalidInput(f"alg must be one of {', '.join([*_ECDSA, *_EDDSA, *_EDDSA_VARIANTS])}")
-        key = await self.keys.load(self.kid_of(body))
+        key = await self.keys.load_for_use(self.kid_of(body))
         key_type = key.meta.type
         if alg in _EDDSA:
             if key_type is not _EDDSA[alg]:
