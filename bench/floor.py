@@ -18,8 +18,9 @@ CKA_CLASS, CKA_TOKEN, CKA_PRIVATE, CKA_LABEL, CKA_VALUE = 0x0, 0x1, 0x2, 0x3, 0x
 CKA_KEY_TYPE, CKA_ID, CKA_SENSITIVE, CKA_ENCRYPT, CKA_DECRYPT = 0x100, 0x102, 0x103, 0x104, 0x105
 CKA_WRAP, CKA_UNWRAP, CKA_SIGN, CKA_VERIFY, CKA_DERIVE = 0x106, 0x107, 0x108, 0x10A, 0x10C
 CKA_VALUE_LEN, CKA_EXTRACTABLE = 0x161, 0x162
-CKO_SECRET_KEY, CKK_GENERIC_SECRET, CKK_AES = 4, 0x10, 0x1F
+CKO_SECRET_KEY, CKK_GENERIC_SECRET, CKK_AES, CKK_CHACHA20 = 4, 0x10, 0x1F, 0x33
 CKM_ECDH1_DERIVE, CKD_NULL = 0x1050, 1
+CKM_HKDF_DERIVE, CKM_SHA256, CKF_HKDF_SALT_DATA = 0x402A, 0x250, 0x2
 
 _FUNCTIONS = (
     "C_Initialize C_Finalize C_GetInfo C_GetFunctionList C_GetSlotList C_GetSlotInfo C_GetTokenInfo "
@@ -55,6 +56,12 @@ class _Mechanism(Structure):
 class _Ecdh1Params(Structure):
     _fields_ = [("kdf", c_ulong), ("ulSharedDataLen", c_ulong), ("pSharedData", c_void_p),
                 ("ulPublicDataLen", c_ulong), ("pPublicData", c_void_p)]
+
+
+class _HkdfParams(Structure):
+    _fields_ = [("bExtract", c_ubyte), ("bExpand", c_ubyte), ("prfHashMechanism", c_ulong),
+                ("ulSaltType", c_ulong), ("pSalt", c_void_p), ("ulSaltLen", c_ulong), ("hSaltKey", c_ulong),
+                ("pInfo", c_void_p), ("ulInfoLen", c_ulong)]
 
 
 class _Template:
@@ -134,5 +141,25 @@ class Floor:
             rv = self._get(self.session, out.value, byref(attr), 1)
             self._destroy(self.session, out.value)
             self._check(rv, "C_GetAttributeValue")
+
+        return op
+
+    def hkdf_store(self, label: str, salt: bytes, info: bytes) -> Callable[[int], None]:
+        """CKM_HKDF_DERIVE (extract and expand, SHA-256) of the base secret into a stored ChaCha20 key."""
+        tpl = _Template(_secret_attrs(CKK_CHACHA20, 32, True, True, True, bytes(16), label))
+        kid = tpl.keep[CKA_ID]
+        salt_buf = ctypes.create_string_buffer(salt, max(len(salt), 1))
+        info_buf = ctypes.create_string_buffer(info, max(len(info), 1))
+        params = _HkdfParams(1, 1, CKM_SHA256, CKF_HKDF_SALT_DATA, ctypes.cast(salt_buf, c_void_p), len(salt), 0,
+                             ctypes.cast(info_buf, c_void_p), len(info))
+        mech = _Mechanism(CKM_HKDF_DERIVE, ctypes.cast(byref(params), c_void_p), ctypes.sizeof(params))
+        keep = (salt_buf, info_buf, params)
+        out = c_ulong()
+
+        def op(_: int) -> None:
+            assert keep
+            ctypes.memmove(kid, os.urandom(16), 16)
+            self._check(self._derive(self.session, byref(mech), self.base, tpl.array, tpl.count, byref(out)),
+                        "C_DeriveKey")
 
         return op

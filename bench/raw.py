@@ -143,6 +143,18 @@ class Worker:
     def derive_session_floor(self, cmd: dict[str, Any]) -> dict[str, Any]:
         return self._loop(cmd, self._floor(cmd).derive_session())
 
+    def hkdf_store(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """HKDF-SHA256 of a stored secret into a stored ChaCha20 key: one C_DeriveKey (CKM_HKDF_DERIVE).
+
+        python-pkcs11's closed Mechanism enum has no CKM_HKDF_DERIVE, so this loop
+        makes the call in bare ctypes on python-pkcs11's session and key handle
+        (as the floor does): the least Python an application could put around it.
+        """
+        parent = self.session.get_key(object_class=ObjectClass.SECRET_KEY, id=bytes.fromhex(cmd["base_kid"]))
+        floor = Floor(self.module_path, self.session.handle, parent.handle, b"")
+        op = floor.hkdf_store(cmd["label"], bytes.fromhex(cmd["salt"]), bytes.fromhex(cmd["info"]))
+        return self._loop(cmd, op)
+
     def lookup(self, cmd: dict[str, Any]) -> dict[str, Any]:
         """Find a secret key by CKA_ID (C_FindObjects), optionally use it for AES-GCM."""
         kids = [bytes.fromhex(k) for k in cmd["kids"]]
@@ -165,6 +177,27 @@ class Worker:
         for obj in found:
             obj.destroy()
         return {"destroyed": len(found), "seconds": time.perf_counter() - started}
+
+    def cleanup_marker(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Destroy every secret key token object whose label contains ``marker`` (one scan)."""
+        started = time.perf_counter()
+        marker = cmd["marker"]
+        destroyed = 0
+        for obj in list(self.session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.TOKEN: True})):
+            try:
+                label = obj[Attribute.LABEL]
+            except pkcs11.PKCS11Error:
+                continue  # destroyed by another process meanwhile
+            if marker in (label or ""):
+                obj.destroy()
+                destroyed += 1
+        return {"destroyed": destroyed, "seconds": time.perf_counter() - started}
+
+    def count_objects(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """How many token objects the token holds: all of them, and the keys among them."""
+        keys = sum(1 for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY, ObjectClass.SECRET_KEY)
+                   for _ in self.session.get_objects({Attribute.TOKEN: True, Attribute.CLASS: cls}))
+        return {"objects": sum(1 for _ in self.session.get_objects({Attribute.TOKEN: True})), "keys": keys}
 
     def info(self, cmd: dict[str, Any]) -> dict[str, Any]:
         return {"pkcs11_version": getattr(pkcs11, "__version__", None), "pid": os.getpid()}

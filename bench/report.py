@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.gw import report as gw_report
+from bench.gw.results import GatewayRun
 from bench.results import DeriveResult, LookupResult, median_sample
 
 
@@ -26,10 +28,11 @@ class Run:
     lookup: LookupResult | None
     skipped: list[str]
     command: str
+    gateway: GatewayRun | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": 1,
+            "format": 2,
             "started": self.started,
             "finished": self.finished,
             "duration_s": round(self.duration_s, 1),
@@ -39,6 +42,7 @@ class Run:
             "options": self.options,
             "derive": [d.to_dict() for d in self.derive],
             "lookup": self.lookup.to_dict() if self.lookup else None,
+            "gateway": self.gateway.to_dict() if self.gateway else None,
             "skipped": self.skipped,
         }
 
@@ -147,8 +151,10 @@ def print_tables(run: Run) -> None:
     if run.lookup:
         print(f"\nLookup cost on {run.lookup.token} (one thread; mean ms per op)")
         print(text_table(lookup_header(run.lookup), lookup_rows(run.lookup)))
+    if run.gateway:
+        gw_report.print_gateway(run.gateway, text_table)
     print("\nHeadline:")
-    for line in headline(run):
+    for line in (gw_report.headline(run.gateway) if run.gateway else []) + headline(run):
         print("  " + line)
     for line in run.skipped:
         print("  skipped: " + line)
@@ -171,6 +177,7 @@ def markdown(run: Run, png_name: str | None) -> str:
         "",
         "## Headline",
         "",
+        *[f"- {line}" for line in (gw_report.headline(run.gateway) if run.gateway else [])],
         *[f"- {line}" for line in headline(run)],
         *[f"- skipped: {line}" for line in run.skipped],
         "",
@@ -182,6 +189,8 @@ def markdown(run: Run, png_name: str | None) -> str:
         f"- load average before / after the run: {run.load_before} / {run.load_after}; the run took {run.duration_s:.0f} s",
         "",
     ]
+    if run.gateway:
+        parts += gw_report.markdown(run.gateway, md_table)
     if run.derive:
         parts += [
             "## Derive throughput: adapter against a raw python-pkcs11 loop",
@@ -281,11 +290,19 @@ def chart(run: Run, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = int(bool(run.derive)) + int(bool(run.lookup))
+    gw_panels = gw_report.chart_panels(run.gateway) if run.gateway else 0
+    panels = int(bool(run.derive)) + int(bool(run.lookup)) + gw_panels
     if not panels:
         return
-    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4.8), squeeze=False)
-    ax_iter = iter(axes[0])
+    columns = min(panels, 2)
+    rows = -(-panels // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(7 * columns, 4.8 * rows), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for spare in flat[panels:]:
+        spare.axis("off")
+    if run.gateway and gw_panels:
+        gw_report.chart(flat[:gw_panels], run.gateway)
+    ax_iter = iter(flat[gw_panels:])
     if run.derive:
         ax = next(ax_iter)
         groups = [f"{d.token}\n{d.case}" for d in run.derive]

@@ -32,6 +32,7 @@ PIN = "bench-1234"
 SO_PIN = "bench-so-5678"
 DERIVE_LABEL = "bench-derive"
 LOOKUP_LABEL = "bench-lookup"  # its own token, so its 10,000 keys do not slow the derive cases
+GATEWAY_LABEL = "bench-gw"  # the gateway-level cases' SoftHSM2 token (bench.gw), with its own NSS database
 
 
 def find_module(candidates: tuple[str, ...], override: str | None) -> str | None:
@@ -61,15 +62,23 @@ class BenchTokens:
     softhsm_derive: BenchToken | None
     softhsm_lookup: BenchToken | None
     nss: BenchToken | None
+    softhsm_gateway: BenchToken | None = None
+    nss_gateway: BenchToken | None = None
+    nss_gateway_directory: Path | None = None
 
 
-def prepare(root: Path, *, softhsm_module: str | None, nss_module: str | None, sessions: int) -> BenchTokens:
-    """Create the run's tokens under ``root`` and point ``SOFTHSM2_CONF`` at them."""
-    softhsm_derive = softhsm_lookup = nss = None
+def prepare(root: Path, *, softhsm_module: str | None, nss_module: str | None, sessions: int,
+            gateway: bool = False) -> BenchTokens:
+    """Create the run's tokens under ``root`` and point ``SOFTHSM2_CONF`` at them.
+
+    ``gateway``: also a SoftHSM2 token and an NSS database for the gateway-level cases.
+    """
+    softhsm_derive = softhsm_lookup = nss = softhsm_gateway = nss_gateway = None
+    nss_gateway_directory = None
     if softhsm_module:
         directory = root / "softhsm"
         conf = directory / "softhsm2.conf"
-        for label in (DERIVE_LABEL, LOOKUP_LABEL):
+        for label in (DERIVE_LABEL, LOOKUP_LABEL, *((GATEWAY_LABEL,) if gateway else ())):
             conf = ensure_softhsm_token(directory, label, PIN, SO_PIN)
         os.environ["SOFTHSM2_CONF"] = str(conf)
         env = {"SOFTHSM2_CONF": str(conf)}
@@ -77,10 +86,19 @@ def prepare(root: Path, *, softhsm_module: str | None, nss_module: str | None, s
                                                   pin=PIN, environment=env, sessions=sessions))
         softhsm_lookup = BenchToken(TokenSettings(name="softhsm-lookup", module=softhsm_module, label=LOOKUP_LABEL,
                                                   pin=PIN, environment=env, sessions=sessions))
+        if gateway:
+            softhsm_gateway = BenchToken(TokenSettings(name="softhsm-gw", module=softhsm_module, label=GATEWAY_LABEL,
+                                                       pin=PIN, environment=env, sessions=sessions))
     if nss_module:
         directory = root / "nss"
         ensure_nss_db(directory, PIN)
         nss = BenchToken(TokenSettings(name="nss", module=nss_module, label=NSS_LABEL, pin=PIN,
                                        init_args=NSS_INIT_ARGS.replace("{directory}", str(directory)),
                                        sessions=sessions))
-    return BenchTokens(softhsm_derive, softhsm_lookup, nss)
+        if gateway:
+            nss_gateway_directory = root / "nss-gw"
+            ensure_nss_db(nss_gateway_directory, PIN)
+            nss_gateway = BenchToken(TokenSettings(
+                name="nss-gw", module=nss_module, label=NSS_LABEL, pin=PIN,
+                init_args=NSS_INIT_ARGS.replace("{directory}", str(nss_gateway_directory)), sessions=sessions))
+    return BenchTokens(softhsm_derive, softhsm_lookup, nss, softhsm_gateway, nss_gateway, nss_gateway_directory)

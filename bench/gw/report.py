@@ -1,0 +1,247 @@
+"""The gateway-level part of the printed tables, docs/benchmarks.md and the chart."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from bench.gw.cases import HEM_DERIVE, HEM_ECDH
+from bench.gw.results import GatewayRun, median_run
+from bench.results import median_sample
+
+
+def _num(x: float, digits: int = 1) -> str:
+    return "-" if x is None or math.isnan(x) else f"{x:,.{digits}f}"
+
+
+def _ms(x: float) -> str:
+    if math.isnan(x):
+        return "-"
+    return f"{x:.2f}" if x < 100 else f"{x:.0f}"
+
+
+CASE_HEADER = ["case", "token", "runner", "concurrency", "ops/s", "p50 ms", "p99 ms", "p99/p50", "ratio vs raw",
+               "rounds", "CPU ms/req"]
+
+
+def case_rows(run: GatewayRun) -> list[list[str]]:
+    rows = []
+    for case in run.cases:
+        if case.raw:
+            raw = median_sample(case.raw)
+            rows.append([case.name, case.token, "raw loop", "1", _num(raw.ops_per_s), _ms(raw.p50_ms), _ms(raw.p99_ms),
+                         _num(raw.p99_ms / raw.p50_ms, 1), "1.00", "", ""])
+        for c, runs in sorted(case.gateway.items()):
+            if not runs:
+                continue
+            m = median_run(runs)
+            lo, hi = case.ratio_range(c)
+            cpu = run.cpu.get(f"{case.name}@{c}", float("nan"))
+            rows.append([case.name, case.token, "gateway", str(c), _num(m.ops_per_s), _ms(m.p50_ms), _ms(m.p99_ms),
+                         _num(case.tail(c), 1), f"{case.ratio(c):.2f}", f"{lo:.2f}-{hi:.2f}", _num(cpu, 2)])
+    return rows
+
+
+@dataclass(frozen=True)
+class Target:
+    what: str
+    goal: str
+    measured: float
+    met: bool
+    detail: str
+
+    def line(self) -> str:
+        state = "met" if self.met else "MISSED"
+        return f"{self.what}: {self.detail} (target {self.goal}) - {state}"
+
+
+def targets(run: GatewayRun) -> list[Target]:
+    """Issue 6's targets with the measured figures of this run."""
+    out: list[Target] = []
+    derive, ecdh = run.case(HEM_DERIVE), run.case(HEM_ECDH)
+    if derive is not None and 16 in derive.gateway:
+        r = derive.ratio(16)
+        out.append(Target("derive-and-store through the gateway at c=16", ">= 0.90 of the raw loop", r, r >= 0.9,
+                          f"{r:.2f} of the raw loop ({_num(median_run(derive.gateway[16]).ops_per_s)} vs "
+                          f"{_num(median_sample(derive.raw).ops_per_s)} ops/s)"))
+    if ecdh is not None and 16 in ecdh.gateway:
+        r = ecdh.ratio(16)
+        out.append(Target("/api/crypto/ecdh at c=16", ">= 1.00 of the raw single-process loop", r, r >= 1.0,
+                          f"{r:.2f} of the raw loop ({_num(median_run(ecdh.gateway[16]).ops_per_s)} vs "
+                          f"{_num(median_sample(ecdh.raw).ops_per_s)} ops/s)"))
+    if run.scale is not None:
+        s = run.scale
+        r = s.ratio()
+        low, high = s.levels
+        others = "; ".join(f"{w} worker{'s' if w > 1 else ''} {s.ratio(w):.2f}" for w in s.workers[1:])
+        out.append(Target(f"HEM derive with {high:,} keys vs {low:,} keys ({s.workers[0]} workers)", ">= 0.90", r,
+                          r >= 0.9, f"{r:.2f} ({_num(s.rate(high))} vs {_num(s.rate(low))} ops/s at "
+                                    f"c={s.concurrency}; {others + '; ' if others else ''}raw loop {s.raw_ratio():.2f})"))
+    for case in run.cases:
+        if 16 in case.gateway:
+            t = case.tail(16)
+            m = median_run(case.gateway[16])
+            out.append(Target(f"{case.name} p99/p50 at c=16", "<= 5", t, t <= 5.0,
+                              f"{t:.1f} (p50 {_ms(m.p50_ms)} ms, p99 {_ms(m.p99_ms)} ms)"))
+    if run.memory is not None and len(run.memory.checkpoints) >= 2:
+        growth = run.memory.worker_growth()
+        worst = max(growth.values()) if growth else float("nan")
+        first, last = min(run.memory.checkpoints), max(run.memory.checkpoints)
+        first, last = run.memory.served.get(first, first), run.memory.served.get(last, last)
+        out.append(Target(f"worker RSS after {last:,} vs {first:,} requests", "<= 1.10", worst, worst <= 1.10,
+                          "; ".join(f"pid {pid} x{g:.3f}" for pid, g in growth.items())))
+    return out
+
+
+def headline(run: GatewayRun) -> list[str]:
+    lines = [t.line() for t in targets(run)]
+    failed = sum(c.failed() for c in run.cases)
+    if failed:
+        lines.append(f"{failed} gateway requests failed (see the JSON)")
+    return lines + [f"skipped: {s}" for s in run.skipped]
+
+
+def print_gateway(run: GatewayRun, text_table: Any) -> None:
+    if run.cases:
+        print(f"\nThrough the gateway (serve --workers {run.workers}, wrk over HTTPS; ratio = gateway / raw "
+              "single-process loop, same round)")
+        print(text_table(CASE_HEADER, case_rows(run)))
+    if run.scale is not None:
+        s = run.scale
+        low, high = s.levels
+        print(f"\nHEM derive at c={s.concurrency} with {low:,} and {high:,} key objects:")
+        for w in s.workers:
+            print(f"  gateway, {w} worker{'s' if w > 1 else ''}: {_num(s.rate(low, w))} and {_num(s.rate(high, w))} "
+                  f"ops/s (x{s.ratio(w):.2f})")
+        print(f"  raw loop: {_num(s.raw_rate(low))} and {_num(s.raw_rate(high))} ops/s (x{s.raw_ratio():.2f})")
+    if run.memory is not None:
+        print(f"\nWorker RSS ({run.memory.request}, c={run.memory.concurrency}):")
+        for target, workers in sorted(run.memory.checkpoints.items()):
+            total = run.memory.served.get(target, target)
+            print(f"  after {total:,} requests: " + ", ".join(
+                f"pid {w.pid}: {w.requests:,} requests, {w.rss_kib / 1024:.1f} MiB" for w in workers))
+
+
+def markdown(run: GatewayRun, md_table: Any) -> list[str]:
+    parts = [
+        "## Through the gateway: `gateway serve --workers 2` under wrk, against the raw loop",
+        "",
+        f"`gateway serve --workers {run.workers}` (sessions = {run.sessions} per worker and token, logging level "
+        f"`{run.log_level}` with JSON access logs, HEM audit trail on) on a fresh SoftHSM2 token and a fresh NSS",
+        "database, driven by Debian's `wrk` over HTTPS (keep-alive connections; `-t 2`, `-t 1` at concurrency 1)",
+        "with a Lua script for the method, body and bearer token. The raw loop is a single-threaded",
+        "python-pkcs11 process doing the minimum token work for the same result, on the same token, in the",
+        "same round. The ratio is the median of the per-round ratios; \"rounds\" is their range; ops/s and",
+        "latencies are from the round with the median throughput (wrk's per-request latencies). CPU ms/req",
+        "is the CPU time of both workers (all threads, the token module's work included) per answered request.",
+        "",
+        md_table(CASE_HEADER, case_rows(run)),
+        "",
+    ]
+    for case in run.cases:
+        parts.append(f"- **{case.name}** (`{case.route}` on {case.token}): {case.what}. Raw loop: {case.raw_what}.")
+    parts.append("")
+    ts = targets(run)
+    if ts:
+        parts += ["### Targets", "", "| target | goal | measured | |", "|---|---|---|---|"]
+        parts += [f"| {t.what} | {t.goal} | {t.detail} | {'met' if t.met else '**missed**'} |" for t in ts]
+        parts.append("")
+    if run.scale is not None:
+        s = run.scale
+        low, high = s.levels
+        per_s = s.created / s.create_seconds if s.create_seconds else float("nan")
+        parts += [
+            f"### HEM derive with {low:,} and {high:,} stored keys",
+            "",
+            f"The same derive at c={s.concurrency}, first with about {low:,} key objects in the token, then with {high:,} or",
+            f"more ({s.created:,} AES-256 keys with HEM metadata labels added through the adapter at {per_s:,.0f} keys/s),",
+            "each with " + " and with ".join(f"{w} worker{'s' if w > 1 else ''}" for w in s.workers) + ", and the raw loop.",
+            "Keys derived at the low level are removed after each window; at the high level they stay (removing",
+            "them costs SoftHSM2 a directory re-listing per object), so the count grows from window to window.",
+            "",
+            "| runner | key objects at window start | ops/s (median) | windows |",
+            "|---|---|---:|---|",
+        ]
+        for w in s.workers:
+            for level in s.levels:
+                counts = ", ".join(f"{c:,}" for c in s.objects.get(w, {}).get(level, []))
+                windows = ", ".join(_num(r.ops_per_s) for r in s.gateway.get(w, {}).get(level, []))
+                parts.append(f"| gateway, {w} worker{'s' if w > 1 else ''} | {counts} | {_num(s.rate(level, w))} | {windows} |")
+        for level in s.levels:
+            windows = ", ".join(_num(r.ops_per_s) for r in s.raw.get(level, []))
+            parts.append(f"| raw loop (1 process) | ~{level:,} | {_num(s.raw_rate(level))} | {windows} |")
+        parts += ["", f"Ratio {high:,}/{low:,}: " + ", ".join(
+            f"gateway with {w} worker{'s' if w > 1 else ''} {s.ratio(w):.2f}" for w in s.workers)
+            + f", raw loop {s.raw_ratio():.2f}.", ""]
+    if run.memory is not None:
+        m = run.memory
+        parts += [
+            "### Worker memory",
+            "",
+            f"A fresh `gateway serve --workers {run.workers}`, then `{m.request}` at c={m.concurrency}; RSS (VmRSS) of each",
+            "worker after the number of requests the whole gateway answered (per-worker counts from the access log).",
+            "",
+            "| requests (total) | worker pid | requests (worker) | RSS MiB |",
+            "|---:|---:|---:|---:|",
+        ]
+        for target, workers in sorted(m.checkpoints.items()):
+            total = m.served.get(target, target)
+            parts += [f"| {total:,} | {w.pid} | {w.requests:,} | {w.rss_kib / 1024:.1f} |" for w in workers]
+        growth = m.worker_growth()
+        parts += ["", "Growth per worker: " + ", ".join(f"pid {p} x{g:.3f}" for p, g in growth.items()) + ".", ""]
+    if run.skipped:
+        parts += [*[f"- skipped: {s}" for s in run.skipped], ""]
+    return parts
+
+
+def chart_panels(run: GatewayRun) -> int:
+    return int(bool(run.cases)) + int(run.scale is not None or run.memory is not None)
+
+
+def chart(axes: list[Any], run: GatewayRun) -> None:
+    it = iter(axes)
+    if run.cases:
+        ax = next(it)
+        concurrencies = sorted({c for case in run.cases for c in case.gateway})
+        width = 0.8 / max(1, len(concurrencies))
+        for i, c in enumerate(concurrencies):
+            xs = [g + (i - (len(concurrencies) - 1) / 2) * width for g in range(len(run.cases))]
+            vals = [case.ratio(c) if c in case.gateway else float("nan") for case in run.cases]
+            bars = ax.bar(xs, vals, width, label=f"gateway c={c}")
+            for bar, v, case in zip(bars, vals, run.cases):
+                if not math.isnan(v):
+                    ops = median_run(case.gateway[c]).ops_per_s
+                    ax.annotate(f"{v:.2f}\n{ops:,.0f}/s", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                                ha="center", va="bottom", fontsize=6)
+        ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+        ax.set_xticks(range(len(run.cases)), [f"{c.name}\n({c.token})" for c in run.cases], fontsize=7)
+        ax.set_ylabel("throughput / raw single-process loop")
+        ax.set_title("Through the gateway (2 workers, wrk over HTTPS) vs raw loop", fontsize=10)
+        ax.legend(fontsize=7)
+    if run.scale is not None or run.memory is not None:
+        ax = next(it)
+        labels, values, colors = [], [], []
+        if run.scale is not None:
+            for w in run.scale.workers:
+                for level in run.scale.levels:
+                    labels.append(f"derive {w}w\n{level:,} keys")
+                    values.append(run.scale.rate(level, w))
+                    colors.append("tab:blue" if w == run.scale.workers[0] else "tab:cyan")
+        ax.bar(range(len(values)), values, color=colors)
+        for x, v in enumerate(values):
+            ax.annotate(f"{v:,.0f}", (x, v), ha="center", va="bottom", fontsize=7)
+        ax.set_ylabel("HEM derive ops/s (c=16)")
+        if run.memory is not None:
+            ax2 = ax.twinx()
+            x = len(values) - 1
+            for total, workers in sorted(run.memory.checkpoints.items()):
+                for k, worker in enumerate(workers):
+                    x += 1
+                    mib = worker.rss_kib / 1024
+                    ax2.bar([x], [mib], color="tab:orange")
+                    ax2.annotate(f"{mib:.1f}", (x, mib), ha="center", va="bottom", fontsize=6)
+                    labels.append(f"RSS w{k + 1}\n{total:,} req")
+            ax2.set_ylabel("worker RSS MiB")
+        ax.set_xticks(range(len(labels)), labels, fontsize=6)
+        ax.set_title("Scale (key count) and worker memory", fontsize=10)
