@@ -13,6 +13,11 @@ from .cki import CK_C_INITIALIZE_ARGS, CK_INFO, CK_TOKEN_INFO, CKRError, Functio
 from .constants import CKF_OS_LOCKING_OK, CKR
 
 
+class SlotNotFound(TokenUnavailable):
+    """No slot holds the configured token (yet: SoftHSM2 can miss a token whose
+    files another process is rewriting while this one initialises)."""
+
+
 class Module:
     """One loaded PKCS#11 library, initialised once per process.
 
@@ -91,7 +96,7 @@ class Module:
             if (label is None or tlabel == label) and (serial is None or tserial == serial):
                 return slot, info
         wanted = f"label {label!r}" if label else f"serial {serial!r}"
-        raise TokenUnavailable(
+        raise SlotNotFound(
             f"no token with {wanted} in {self.path} (tokens present: {', '.join(map(repr, seen)) or 'none'})"
         )
 

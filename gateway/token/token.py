@@ -49,7 +49,7 @@ from .constants import (
     TOKEN_GONE,
 )
 from .curves import CURVE_BY_PARAMS, KeygenRecipe, candidates, decode_ec_point
-from .module import Module, load_module
+from .module import Module, SlotNotFound, load_module
 from .peer import normalize_peer
 from .session import PoolStats, Session, SessionPool
 from .settings import TokenSettings
@@ -69,6 +69,8 @@ _KEY_ATTRS = (
 )
 _PROBE_ID = b"gateway-capability-probe"
 _TRUST_SECONDS = 1.0
+_TRANSIENT_TRIES = 5
+_TRANSIENT_AT_OPEN = frozenset({CKR.USER_PIN_NOT_INITIALIZED, CKR.GENERAL_ERROR, CKR.FUNCTION_FAILED, CKR.TOKEN_NOT_RECOGNIZED})
 CKS_RO_USER_FUNCTIONS = 1
 CKS_RW_USER_FUNCTIONS = 3
 
@@ -111,7 +113,20 @@ class Token:
         # Whether the module DER-wraps CKA_EC_POINT per curve (NSS does not for X25519).
         self._point_der: dict[Curve, bool] = {}
         self.capabilities = Capabilities(frozenset())
-        self.pool = self._connect()
+        for attempt in range(_TRANSIENT_TRIES):
+            try:
+                self.pool = self._connect()
+                break
+            except SlotNotFound:
+                if attempt == _TRANSIENT_TRIES - 1:
+                    self.module.release()
+                    raise
+                # SoftHSM2 reads its token directory at C_Initialize only; look again.
+                time.sleep(0.05 * (attempt + 1))
+                self.module.reinitialize(self.module.generation)
+            except BaseException:
+                self.module.release()
+                raise
 
     # -- connection, capability detection, recovery ------------------------
 
@@ -134,7 +149,7 @@ class Token:
             pool = SessionPool(self.module, self.settings.sessions, self.settings.pin, login_required)
         pool.reset(slot, self._token_generation)
         try:
-            first = pool.open_session()
+            first = self._open_first(pool)
         except CKRError as exc:
             if exc.rv == CKR.PIN_INCORRECT:
                 raise TokenUnavailable(f"token {self.name!r}: login failed, the PIN is incorrect") from None
@@ -146,6 +161,19 @@ class Token:
         finally:
             pool.add_idle(first)
         return pool
+
+    def _open_first(self, pool: SessionPool) -> Session:
+        """Open and log in, riding out a torn read: SoftHSM2 keeps each token in
+        files that other processes rewrite, and a process reading one mid-write
+        sees, for a moment, a token without a user PIN or a general error."""
+        for attempt in range(_TRANSIENT_TRIES):
+            try:
+                return pool.open_session()
+            except CKRError as exc:
+                if exc.rv not in _TRANSIENT_AT_OPEN or attempt == _TRANSIENT_TRIES - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def _detect(self, session: int, slot: int) -> Capabilities:
         """Mechanism list on every (re)connect; the probes once per module initialisation."""
@@ -178,6 +206,9 @@ class Token:
 
     def _probe_data_objects(self, session: int) -> bool:
         # NSS softoken refuses CKO_DATA token objects (CKR_ATTRIBUTE_VALUE_INVALID).
+        # A token that already holds one can; otherwise try (and undo) a write.
+        if self._find(session, {CKA.CLASS: CKO.DATA, CKA.TOKEN: True}, 1):
+            return True
         tpl = Template({CKA.CLASS: CKO.DATA, CKA.TOKEN: True, CKA.PRIVATE: True,
                         CKA.APPLICATION: _PROBE_ID, CKA.LABEL: "probe", CKA.VALUE: b"probe"})
         out = c_ulong()
