@@ -17,15 +17,16 @@ VENV := .venv
 STATE := state
 # softhsm2 + libnss3 (softoken) are the dev/test tokens; libnss3-tools has
 # certutil; opensc has pkcs11-tool for poking at tokens by hand; chromium
-# renders /docs headless in the tests.
-APT_PACKAGES := softhsm2 libnss3 libnss3-tools opensc chromium
+# renders /docs headless in the tests; wrk is the benchmarks' HTTPS load generator
+# (its smoke test runs in make test); e2fsprogs has chattr (make stress).
+APT_PACKAGES := softhsm2 libnss3 libnss3-tools opensc chromium wrk e2fsprogs
 
 SYSTEM_STAMP := $(STATE)/.stamp-system-packages
 VENV_PY := $(VENV)/bin/python
 PIP_STAMP := $(VENV)/.stamp-pip-test
 BENCH_STAMP := $(VENV)/.stamp-pip-bench
 
-.PHONY: help install test run tokens bench clean distclean
+.PHONY: help install test run tokens bench stress clean distclean
 # A failed recipe must not leave a stamp that claims success.
 .DELETE_ON_ERROR:
 
@@ -34,6 +35,7 @@ help:
 	@echo "make run    [CONFIG=...]       install, create dev tokens, serve (default $(CONFIG))"
 	@echo "make tokens [CONFIG=...]       install, create dev tokens only"
 	@echo "make bench  [BENCH_ARGS=...]   install with the bench extra, run python -m bench"
+	@echo "make stress [PYTEST_ARGS=...]  the reliability suite at full size (tests/stress; make test runs it reduced)"
 	@echo "make install                   only install (apt packages, $(VENV), pip -e)"
 	@echo "make clean | distclean         remove caches | also $(VENV) and $(STATE) (dev tokens!)"
 
@@ -88,6 +90,10 @@ run: tokens
 bench: install $(BENCH_STAMP)
 	@if [ ! -f bench/__main__.py ]; then echo "no bench/ package (bench/__main__.py) yet" >&2; exit 1; fi
 	$(VENV_PY) -m bench $(BENCH_ARGS)
+
+# The reliability suite (tests/stress, docs/reliability.md) at full size; make test runs it reduced.
+stress: install
+	GATEWAY_STRESS=full $(VENV)/bin/pytest -q tests/stress $(PYTEST_ARGS)
 
 clean:
 	rm -rf .pytest_cache build *.egg-info

@@ -95,6 +95,8 @@ class ServerConfig:
     # Optional plain-HTTP listener serving only /healthz, /readyz and /metrics.
     plain_host: str | None = None
     plain_port: int | None = None
+    # Testing only (tests/stress): serve /__test__/faults/* routes that break things on purpose.
+    fault_hooks: bool = False
 
     @property
     def listen(self) -> str:
@@ -513,12 +515,13 @@ def _parse_server(table: _Table) -> ServerConfig:
     if plain is not None and plain == (host, port):
         raise table.error("plain_listen", f"is the same address as {table.key('listen')}; "
                                           "expected a separate host:port for plain HTTP")
+    fault_hooks = _bool(table, "fault_hooks", False)
     table.finish()
     return ServerConfig(host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, trusted_proxies=trusted_proxies,
                         max_body_bytes=max_body_bytes, request_timeout=request_timeout,
                         readiness_timeout=readiness_timeout, shutdown_timeout=shutdown_timeout, workers=workers,
                         plain_host=None if plain is None else plain[0],
-                        plain_port=None if plain is None else plain[1])
+                        plain_port=None if plain is None else plain[1], fault_hooks=fault_hooks)
 
 
 def _parse_logging(table: _Table | None) -> LoggingConfig:

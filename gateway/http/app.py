@@ -84,6 +84,10 @@ def create_app(config: Config, tokens: TokenSet | None = None) -> web.Applicatio
     docs.add_routes(app)
     vault.add_routes(app)  # Provide Vault dialect, /api/v1/vaults (docs/vault.md)
     hem.setup(app)  # Encedo HEM dialect, /api/{auth,keymgmt,crypto,logger,system} (docs/hem.md)
+    if config.server.fault_hooks:  # testing only (tests/stress)
+        from gateway.http import faults
+
+        faults.add_routes(app)
     return app
 
 
