@@ -71,6 +71,9 @@ _PROBE_ID = b"gateway-capability-probe"
 _TRUST_SECONDS = 1.0
 _TRANSIENT_TRIES = 5
 _TRANSIENT_AT_OPEN = frozenset({CKR.USER_PIN_NOT_INITIALIZED, CKR.GENERAL_ERROR, CKR.FUNCTION_FAILED, CKR.TOKEN_NOT_RECOGNIZED})
+# What SoftHSM2 answers, now and then, when another process deletes objects while this one
+# creates or derives (a torn read of its object files); the same call succeeds when repeated.
+_TRANSIENT_IN_CALL = frozenset({CKR.GENERAL_ERROR, CKR.TEMPLATE_INCONSISTENT})
 CKS_RO_USER_FUNCTIONS = 1
 CKS_RW_USER_FUNCTIONS = 3
 
@@ -343,6 +346,9 @@ class Token:
                         raise TokenUnavailable(f"token {self.name!r} is unavailable ({exc.name})") from None
                     self._recover(session.generation)
                     continue
+                if not attempt and exc.rv in _TRANSIENT_IN_CALL:
+                    self.counters["transient_retries"] += 1
+                    continue  # once more (creating calls look for their kid first: retry_check)
                 raise self._translate(exc) from None
             finally:
                 self.pool.release(session)
