@@ -18,6 +18,7 @@ import json
 import os
 import random
 import ssl
+import struct
 import subprocess
 import time
 import uuid
@@ -337,16 +338,40 @@ def list_objects(setup: ServiceSetup, label: str = "stress") -> list[TokenObject
     return objects
 
 
-def incomplete_objects(setup: ServiceSetup, label: str = "stress") -> list[dict[str, str]]:
-    """Objects without a CKA_ID and what they hold (tests/stress/inspect_incomplete.py, its own process)."""
-    import sys
+CKA_LABEL, CKA_VALUE, CKA_ID = 0x03, 0x11, 0x102
 
-    env = {**os.environ, "SOFTHSM2_CONF": str(setup.token_dir / "softhsm2.conf"), "STRESS_PIN": PIN}
-    proc = subprocess.run([sys.executable, "-m", "tests.stress.inspect_incomplete", SOFTHSM_MODULE, label],
-                          capture_output=True, text=True, env=env, timeout=600, check=False,
-                          cwd=Path(__file__).resolve().parents[2])
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    found: list[dict[str, str]] = json.loads(proc.stdout)
+
+def _softhsm_attributes(data: bytes) -> dict[int, bytes]:
+    """The leading attributes of a SoftHSM2 object file: an 8-byte generation, then records of
+    (type u64, kind u64, value) in ascending type order; reading stops at a kind that is not a
+    bool (1), an unsigned long (2) or a byte string (3): label, value and id all come before."""
+    attrs: dict[int, bytes] = {}
+    i = 8
+    while i + 16 <= len(data):
+        kind_type, kind = struct.unpack(">QQ", data[i:i + 16])
+        i += 16
+        if kind == 1:
+            attrs[kind_type], i = data[i:i + 1], i + 1
+        elif kind == 2:
+            attrs[kind_type], i = data[i:i + 8], i + 8
+        elif kind == 3 and i + 8 <= len(data):
+            (size,) = struct.unpack(">Q", data[i:i + 8])
+            attrs[kind_type], i = data[i + 8:i + 8 + size], i + 8 + size
+        else:
+            break
+    return attrs
+
+
+def objects_without_id(setup: ServiceSetup) -> list[dict[str, int]]:
+    """Object files in the token folder without a CKA_ID: how long their label and value are (0: none)."""
+    found = []
+    for path in sorted(token_folder(setup).glob("*.object")):
+        if path.name == "token.object":
+            continue
+        attrs = _softhsm_attributes(path.read_bytes())
+        if not attrs.get(CKA_ID):
+            found.append({"bytes": path.stat().st_size, "label": len(attrs.get(CKA_LABEL, b"")),
+                          "value": len(attrs.get(CKA_VALUE, b""))})
     return found
 
 
@@ -357,15 +382,18 @@ class TokenCheck:
     objects: list[TokenObject]
     hem: dict[str, list[TokenObject]]  # kid -> objects with HEM metadata
     orphans: list[TokenObject]  # key objects with a CKA_ID but no metadata the gateway wrote, or a half pair
-    incomplete: list[dict[str, str]]  # objects without CKA_ID: what they hold
+    incomplete: list[dict[str, int]]  # object files without CKA_ID: how long their label and value are
     unprotected: list[TokenObject]  # private/secret keys not sensitive or extractable
     lost: list[str]  # acknowledged kids missing, without metadata, or unusable
 
+    listed_without_id: int = 0  # what pkcs11-tool lists of them (SoftHSM2 may hold some invalid)
+
     @property
     def incomplete_hold_nothing(self) -> bool:
-        """No label and no value: nothing a caller could find or use."""
-        return all(o.get("LABEL") == "" and o.get("VALUE_LEN") in ("0", "AttributeTypeInvalid")
-                   for o in self.incomplete)
+        """No label and no key value (read from the files: CKA_VALUE is secret, PKCS#11 will not
+        show it), and pkcs11-tool lists no object without an id beyond those files."""
+        return (all(o["label"] == 0 and o["value"] == 0 for o in self.incomplete)
+                and self.listed_without_id <= len(self.incomplete))
 
     @classmethod
     def run(cls, setup: ServiceSetup, acknowledged: dict[str, str], unusable: list[str]) -> "TokenCheck":
@@ -375,7 +403,7 @@ class TokenCheck:
         orphans: list[TokenObject] = []
         for obj in objects:
             if obj.kind == "data" or not obj.kid:
-                continue  # objects without CKA_ID: incomplete_objects() says what they hold
+                continue  # objects without CKA_ID: objects_without_id() reads what their files hold
             meta = KeyMeta.decode(obj.label)
             if meta is not None:
                 hem.setdefault(obj.kid, []).append(obj)
@@ -393,8 +421,8 @@ class TokenCheck:
             meta = KeyMeta.decode(parts[0].label) if parts else None
             if meta is None or meta.type.value != key_type or kid in unusable:
                 lost.append(kid)
-        incomplete = incomplete_objects(setup) if any(not o.kid and o.kind != "data" for o in objects) else []
-        return cls(objects, hem, orphans, incomplete, unprotected, lost)
+        listed_without_id = sum(1 for o in objects if not o.kid and o.kind != "data")
+        return cls(objects, hem, orphans, objects_without_id(setup), unprotected, lost, listed_without_id)
 
 
 # --------------------------------------------------------------------------- secrets in what the gateway wrote
