@@ -412,6 +412,10 @@ class HemAuth:
             raise Unauthorized("the bearer token lacks exp, sub or scope")
         if exp <= now:
             raise Unauthorized("the bearer token has expired")
+        # The gateway never sets nbf; one in the future (or not a number) is not a token it would honour.
+        nbf = payload.get("nbf")
+        if "nbf" in payload and (isinstance(nbf, bool) or not isinstance(nbf, (int, float)) or nbf > now):
+            raise Unauthorized("the bearer token is not valid yet (nbf)")
         user = next((u for u in self.users if u.name == name), None)
         if user is None or user.role != sub:
             raise Unauthorized("the bearer token's user is no longer configured")
