@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from bench.baseline import RawWorker
 from bench.gw import wrk
 from bench.gw.client import Client, p256_peer, vault_jwt
+from bench.gw.profile import summarize as profile_summary
 from bench.gw.results import GatewayCase, GatewayRun, MemoryResult, ScaleResult, WorkerMemory
 from bench.gw.server import GatewayProcess, GatewaySetup, TokenEntry, make_setup, rss_kib
 from bench.timing import Sample
@@ -361,14 +362,18 @@ class GatewayBench:
             return
         directory.mkdir(parents=True, exist_ok=True)
         seconds = max(2, round(self.timing.seconds))
+        outputs = [directory / f"{load.name}-c{concurrency}-{pid}.txt" for pid in self.workers()]
         spies = [subprocess.Popen([spy, "record", "-p", str(pid), "-d", str(seconds), "-r", "250", "--gil",
-                                   "--threads", "-f", "raw", "-o", str(directory / f"{load.name}-c{concurrency}-{pid}.txt")],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for pid in self.workers()]
+                                   "--threads", "-f", "raw", "-o", str(out)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for pid, out in zip(self.workers(), outputs)]
         self.wrk(load, concurrency, seconds=seconds + 1, tag="-profiled")
         for proc in spies:
             proc.wait(timeout=60)
         load.cleanup()
-        log.info("  profile of %s at c=%d written to %s", load.name, concurrency, directory)
+        summary = directory / f"summary-{load.name}-c{concurrency}.txt"
+        summary.write_text(profile_summary([o for o in outputs if o.is_file()]), encoding="utf-8")
+        log.info("  profile of %s at c=%d written to %s", load.name, concurrency, summary)
 
 
 def hem_filler(token: Any, count: int, threads: int = 4) -> float:
