@@ -421,14 +421,15 @@ def run_gateway(tokens: GatewayTokens, timing: GatewayTiming, workdir: Path, cas
             result.cases.append(bench.run_case(load))
             if profile is not None:
                 bench.profile(load, 16, profile)
+        # Memory before scale: with 10,000 keys in the token each worker's SoftHSM2 holds them all in memory.
+        if MEMORY in cases:
+            log.info("%s (worker RSS after %s requests):", MEMORY, " and ".join(f"{n:,}" for n in timing.memory))
+            result.memory = bench.run_memory()
         if SCALE in cases:
             log.info("%s (HEM derive with %d and %d key objects in the token):", SCALE, *timing.scale_levels)
             adapter = Token(tokens.softhsm.settings)
             token = adapter
             result.scale = bench.run_scale(lambda n: hem_filler(token, n))
-        if MEMORY in cases:
-            log.info("%s (worker RSS after %s requests):", MEMORY, " and ".join(f"{n:,}" for n in timing.memory))
-            result.memory = bench.run_memory()
     finally:
         result.cpu = dict(bench.cpu)
         if adapter is not None:
