@@ -149,6 +149,7 @@ def markdown(run: GatewayRun, md_table: Any) -> list[str]:
         parts += ["### Targets", "", "| target | goal | measured | |", "|---|---|---|---|"]
         parts += [f"| {t.what} | {t.goal} | {t.detail} | {'met' if t.met else '**missed**'} |" for t in ts]
         parts.append("")
+        parts += why_missed(run, ts)
     if run.scale is not None:
         s = run.scale
         low, high = s.levels
@@ -247,3 +248,55 @@ def chart(axes: list[Any], run: GatewayRun) -> None:
             ax2.set_ylabel("worker RSS MiB")
         ax.set_xticks(range(len(labels)), labels, fontsize=6)
         ax.set_title("Scale (key count) and worker memory", fontsize=10)
+
+
+def why_missed(run: GatewayRun, ts: list[Target]) -> list[str]:
+    """What stands behind each missed target (the analysis of issue 6; figures from this run)."""
+    missed = {t.what for t in ts if not t.met}
+    out: list[str] = []
+    ecdh = run.case(HEM_ECDH)
+    if ecdh is not None and any(w.startswith("/api/crypto/ecdh") for w in missed):
+        cpu = run.cpu.get(f"{HEM_ECDH}@16", float("nan"))
+        raw = median_sample(ecdh.raw)
+        out += [
+            f"**ECDH at c=16.** The two workers spend {cpu:.2f} ms of CPU per answered request, all threads and the",
+            f"token's own work included; the raw loop needs {1000 / raw.ops_per_s:.2f} ms per operation in one process. With",
+            f"two CPUs shared with wrk, {cpu:.2f} ms per request caps the gateway near {2000 / cpu:,.0f} requests/s, whatever",
+            "the token does. Profiles of the workers (`--profile`, and `perf` by DSO) show where it goes: about half the",
+            "CPU is the Python interpreter (aiohttp, the TLS record layer, the HEM handler, the access log line,",
+            "Prometheus counters), a fifth the kernel (socket I/O, the futex wake-ups of handing each token call to a",
+            "worker thread), under a tenth libcrypto (TLS and the ECDH itself) and SoftHSM2. Of the Python time, handing",
+            "the call to the token's thread (`ThreadPoolExecutor.submit` and the wake-up) is the largest single item",
+            "(about 16%). The token is not the limit; the gateway's own work per HTTPS request is. Already removed on",
+            "this path: a key lookup in the token per request (key facts are remembered per process), the audit",
+            "trail's per-record lock and token thread (records are written in batches on their own thread), and a",
+            "point decompression per request.",
+            "",
+        ]
+    if run.scale is not None and any(w.startswith("HEM derive with") for w in missed):
+        s = run.scale
+        one = f"{s.ratio(1):.2f}" if 1 in s.workers else "-"
+        out += [
+            f"**Derive with 10,000 keys.** With one worker the ratio is {one} and the raw loop's {s.raw_ratio():.2f}: the",
+            "number of keys costs nothing as long as one process writes. With two, each one's writes make the other's",
+            "SoftHSM2 re-read the token: on every access to a token object after another process changed the token,",
+            "SoftHSM2 (`ObjectFile::refresh` -> `OSToken::index`) lists the token directory and lstat()s every file in",
+            "it (two per object), so each derive in one worker pays a scan of 20,000 files for the other's last write",
+            "(strace: the getdents64 and newfstatat calls come from inside C_GetAttributeValue/C_DeriveKey). That is the",
+            "token's design for sharing a token between processes, not the gateway's. The adapter could step around it",
+            "by deriving from a per-process session copy of the base key (C_CopyObject) confirmed against the token",
+            "object only once a second, at the price of a key deleted elsewhere staying usable for up to that second;",
+            "that is the adapter owner's call.",
+            "",
+        ]
+    vault = next((c for c in run.cases if c.name.startswith("gw-vault")), None)
+    if vault is not None and any(w.startswith(vault.name) for w in missed):
+        worst = max((r.p99_ms / r.p50_ms for r in vault.raw if r.p50_ms > 0), default=float("nan"))
+        out += [
+            f"**Vault derive tail.** NSS softoken keeps keys in one SQLite database that the two workers share: each",
+            f"stored key costs it about {1000 / median_sample(vault.raw).ops_per_s:.0f} ms (the raw loop's time per derive, mostly CPU), one process",
+            "writes at a time and the other waits and retries. The raw loop, alone on the database, has stalls too (its worst round's",
+            f"p99/p50 is {worst:.1f} in this run); under concurrency every stall holds up the requests queued behind it.",
+            "",
+        ]
+    return out
