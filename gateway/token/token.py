@@ -49,6 +49,7 @@ from .constants import (
     TOKEN_GONE,
 )
 from .curves import CURVE_BY_PARAMS, KeygenRecipe, candidates, decode_ec_point
+from .leftovers import LeftoverSweeper
 from .module import Module, SlotNotFound, load_module
 from .peer import normalize_peer
 from .session import PoolStats, Session, SessionPool
@@ -112,6 +113,8 @@ class Token:
         # Calls that cost a full object scan on SoftHSM2, and recoveries: for metrics and tests.
         self.counters: Counter[str] = Counter()
         self._executor = ThreadPoolExecutor(max_workers=settings.sessions, thread_name_prefix=f"pkcs11-{self.name}")
+        # Kids of failed creating calls, swept from a fresh view of the token (see leftovers.py).
+        self.leftovers = LeftoverSweeper(settings)
         self._probed: tuple[frozenset[int], dict[str, Any]] | None = None
         # Whether the module DER-wraps CKA_EC_POINT per curve (NSS does not for X25519).
         self._point_der: dict[Curve, bool] = {}
@@ -319,12 +322,25 @@ class Token:
                 raise TokenUnavailable(f"token {self.name!r} is unavailable ({exc.name})") from None
             log.warning("token %s: module re-initialised and logged in again", self.name)
 
-    def _call(self, op: Callable[[Session], T], *, retry_check: Callable[[Session], T | None] | None = None) -> T:
+    def _call(self, op: Callable[[Session], T], *, retry_check: Callable[[Session], T | None] | None = None,
+              creates: bytes | None = None) -> T:
         """Run ``op`` on a pooled session; on a lost session/login/token, recover and retry once.
 
         ``retry_check`` makes creating calls safe to retry: it looks for the
         object the first attempt may already have made (by its CKA_ID).
+        ``creates`` is that CKA_ID, for kids the caller drew at random: when the
+        token fails the call, what it may have left under the kid is swept later
+        (``leftovers``; a kid another process could also use must not be swept).
         """
+        if creates is None:
+            return self._attempts(op, retry_check)
+        try:
+            return self._attempts(op, retry_check)
+        except (TokenRefused, TokenUnavailable):
+            self.leftovers.add(creates)
+            raise
+
+    def _attempts(self, op: Callable[[Session], T], retry_check: Callable[[Session], T | None] | None) -> T:
         for attempt in range(2):
             try:
                 session = self.pool.acquire()
@@ -412,6 +428,7 @@ class Token:
     def close(self) -> None:
         """Log out, close the sessions, and finalise the module if no other token uses it."""
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self.leftovers.close()
         self.pool.close_all()
         self.module.release()
 
@@ -773,7 +790,7 @@ class Token:
         def op(s: Session) -> KeyInfo:
             return self._created_secret(self._generate_secret(s.handle, spec), spec)
 
-        return self._call(op, retry_check=self._exists(spec.kid, CKO.SECRET_KEY))
+        return self._call(op, retry_check=self._exists(spec.kid, CKO.SECRET_KEY), creates=spec.kid)
 
     def generate_keypair(self, kid: bytes, label: str, curve: Curve, usage: Usage) -> KeyInfo:
         recipe = self.capabilities.require_curve(curve)
@@ -785,7 +802,7 @@ class Token:
             self._created(s.handle, kid, CKO.PUBLIC_KEY, pub)
             return self._created(s.handle, kid, CKO.PRIVATE_KEY, priv, public=pub)
 
-        return self._call(op, retry_check=self._exists(kid, CKO.PRIVATE_KEY))
+        return self._call(op, retry_check=self._exists(kid, CKO.PRIVATE_KEY), creates=kid)
 
     def import_public_key(self, kid: bytes, label: str, curve: Curve, public_key: bytes, usage: Usage = Usage(derive=True, sign=True)) -> KeyInfo:
         """Store a peer's public key (any accepted encoding) as a token object."""
@@ -809,6 +826,8 @@ class Token:
             self.module.fn("C_CreateObject", s.handle, tpl.pointer, tpl.count, byref(out))
             return self._created(s.handle, kid, CKO.PUBLIC_KEY, out.value)
 
+        # No sweep on failure: an imported key's kid follows from its value (HEM: SHA-1 of the
+        # public key), so another process may hold a good key under it.
         return self._call(op, retry_check=self._exists(kid, CKO.PUBLIC_KEY))
 
     def import_key_pair(self, kid: bytes, label: str, curve: Curve, private_value: bytes, public_key: bytes, usage: Usage) -> KeyInfo:
@@ -844,7 +863,7 @@ class Token:
             self._created(s.handle, kid, CKO.PUBLIC_KEY, h_pub.value)
             return self._created(s.handle, kid, CKO.PRIVATE_KEY, h_priv.value, public=h_pub.value)
 
-        return self._call(op, retry_check=self._exists(kid, CKO.PRIVATE_KEY))
+        return self._call(op, retry_check=self._exists(kid, CKO.PRIVATE_KEY), creates=kid)
 
     def import_secret(self, spec: SecretSpec, value: bytes) -> KeyInfo:
         """Create a sensitive secret key from a known value.
@@ -866,7 +885,7 @@ class Token:
             self.module.fn("C_CreateObject", s.handle, tpl.pointer, tpl.count, byref(out))
             return self._created(s.handle, spec.kid, CKO.SECRET_KEY, out.value)
 
-        return self._call(op, retry_check=self._exists(spec.kid, CKO.SECRET_KEY))
+        return self._call(op, retry_check=self._exists(spec.kid, CKO.SECRET_KEY), creates=spec.kid)
 
     def ecdh_derive(
         self,
@@ -895,7 +914,7 @@ class Token:
             )
             return self._created_secret(handle, out)
 
-        return self._call(op, retry_check=self._exists(out.kid, CKO.SECRET_KEY))
+        return self._call(op, retry_check=self._exists(out.kid, CKO.SECRET_KEY), creates=out.kid)
 
     def _ecdh_inputs(self, session: int, base_kid: bytes, peer: bytes | None, peer_kid: bytes | None, kdf: EcdhKdf) -> tuple[int, Curve, bytes]:
         base, curve = self._private(session, base_kid)
@@ -938,7 +957,7 @@ class Token:
                 self._destroy_handles(s.handle, (z,))
             return self._created_secret(handle, out)
 
-        return self._call(op, retry_check=self._exists(out.kid, CKO.SECRET_KEY))
+        return self._call(op, retry_check=self._exists(out.kid, CKO.SECRET_KEY), creates=out.kid)
 
     def hkdf_derive(self, base_kid: bytes, out: SecretSpec, *, salt: bytes | None, info: bytes, hash_alg: HashAlg = HashAlg.SHA256) -> KeyInfo:
         """CKM_HKDF_DERIVE (extract and expand) of a stored secret key into a new secret key."""
@@ -952,7 +971,7 @@ class Token:
             )
             return self._created_secret(handle, out)
 
-        return self._call(op, retry_check=self._exists(out.kid, CKO.SECRET_KEY))
+        return self._call(op, retry_check=self._exists(out.kid, CKO.SECRET_KEY), creates=out.kid)
 
     def ecdh_secret(self, base_kid: bytes, *, peer: bytes | None = None, peer_kid: bytes | None = None) -> bytes:
         """The raw ECDH shared secret Z, for the one API call whose caller asks for secret bytes.

@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import ssl
 import struct
 import subprocess
@@ -281,6 +282,29 @@ async def listed_kids(api: Api, bearer: str, pages: int | None = None) -> tuple[
     status, last = await api.call("GET", "/api/keymgmt/list/0/1", bearer=bearer)
     assert status == 200, last
     return int(last["total"]), kids
+
+
+async def leftovers_settled(api: Api, deadline: float = 120.0) -> float:
+    """Seconds until every worker reports no failed creation left to sweep from the token
+    (``gateway_token_leftovers_pending``, summed over workers; each worker refreshes it every 2 s,
+    so two zero readings 2.5 s apart are asked for)."""
+    started = time.monotonic()
+    zeros = 0
+    while time.monotonic() - started < deadline:
+        status, text = await api.call("GET", "/metrics", fresh=True)
+        assert status == 200, text
+        pending = sum(float(line.rpartition(" ")[2]) for line in str(text).splitlines()
+                      if line.startswith("gateway_token_leftovers_pending{"))
+        zeros = zeros + 1 if pending == 0 else 0
+        if zeros >= 2:
+            return time.monotonic() - started
+        await asyncio.sleep(2.5)
+    raise AssertionError(f"failed creations still not swept after {deadline:.0f} s")
+
+
+def leftovers_removed(log_text: str) -> int:
+    """How many leftovers of failed creations the gateway's sweeps removed, from its logs."""
+    return sum(int(n) for n in re.findall(r"removed what (\d+) failed creation", log_text))
 
 
 async def check_usable(api: Api, issuer: Issuer, kids: list[str], key: bytes, concurrency: int = 16) -> list[str]:
