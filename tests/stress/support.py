@@ -160,7 +160,7 @@ class Api:
     async def login(self, scope: str) -> str:
         status, challenge = await self.call("GET", "/api/auth/token")
         assert status == 200, (status, challenge)
-        status, answer = await self.call("POST", "/api/auth/token", {"auth": ejwt(challenge, PASSPHRASE, scope)})
+        status, answer = await self.call("POST", "/api/auth/token", {"auth": ejwt(challenge, PASSPHRASE, scope, exp=0)})  # exp 0: the default 8 h
         assert status == 200, (status, answer)
         return str(answer["token"])
 
