@@ -13,20 +13,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.service_support import free_port
+from tests.service_support import ServiceSetup, free_port, running
 from tests.tokens import NSS_MODULE, SOFTHSM_MODULE
 
 ROOT = Path(__file__).resolve().parent.parent
-START_TIMEOUT = 120.0
 SEED_FIELDS = {"id", "created_at", "vault_id", "type", "usage", "spec", "name", "description"}
 
 
@@ -58,24 +55,11 @@ def dev_setup(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     init = subprocess.run([sys.executable, "-m", "gateway.cli", "tokens", "init", "--config", str(config)],
                           env=env, capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path)
     assert init.returncode == 0, init.stderr
-    log = tmp_path / "serve.out"
-    with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
-                                   stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while "pkcs11-gateway: serving" not in log.read_text():
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.2)
+    # dev.toml has no plain listener; its paths are relative to the config file, not the cwd.
+    setup = ServiceSetup(tmp_path, config, port, 0, tmp_path / "state" / "tls" / "ca.crt",
+                         tmp_path / "state" / "softhsm", env)
+    with running(setup):
         yield tmp_path, port
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def test_readme_vault_walkthrough_answers_201_with_the_seed_fields(dev_setup: tuple[Path, int]) -> None:
