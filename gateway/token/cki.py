@@ -12,6 +12,7 @@ worker threads run token calls in parallel.
 from __future__ import annotations
 
 import ctypes
+import threading
 from ctypes import POINTER, Structure, byref, c_char_p, c_ubyte, c_ulong, c_void_p
 from typing import Any, Iterable, Mapping
 
@@ -200,6 +201,10 @@ def _prototype(name: str) -> Any:
     return ctypes.CFUNCTYPE(CK_RV, *argtypes)
 
 
+OBJECT_CHANGING = frozenset(
+    "C_CreateObject C_CopyObject C_DestroyObject C_GenerateKey C_GenerateKeyPair C_DeriveKey C_UnwrapKey".split())
+
+
 class FunctionList:
     """Callable view of a module's CK_FUNCTION_LIST; raises CKRError on failure."""
 
@@ -213,13 +218,26 @@ class FunctionList:
             raise CKRError(rv, "C_GetFunctionList")
         self._list = ptr.contents
         self._cache: dict[str, Any] = {}
+        # Object-changing calls made so far: SoftHSM2 may then hide other processes'
+        # objects from this one (staleview.py).  Counted before the call.
+        self.writes = 0
+        self._writes_lock = threading.Lock()
 
     def raw(self, name: str) -> Any:
         fn = self._cache.get(name)
         if fn is None:
             fn = _prototype(name)(getattr(self._list, name))
+            if name in OBJECT_CHANGING:
+                fn = self._counted(fn)
             self._cache[name] = fn
         return fn
+
+    def _counted(self, fn: Any) -> Any:
+        def call(*args: Any) -> Any:
+            with self._writes_lock:
+                self.writes += 1
+            return fn(*args)
+        return call
 
     def __call__(self, name: str, *args: Any) -> None:
         rv = self.raw(name)(*args)

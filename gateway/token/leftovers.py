@@ -11,9 +11,9 @@ module is initialised anew.  Every other process, and every later start, does
 see it.
 
 So each kid of a failed creating call is remembered and swept later from a
-fresh view of the token: a short-lived child process initialises the module,
-logs in, and destroys every object with that kid (the kid was never given to a
-client, so nothing else can own it).  A kid stays pending until a sweep finds
+fresh view of the token (freshview.py: a short-lived child process), which
+destroys every object with that kid (the kid was never given to a client, so
+nothing else can own it).  A kid stays pending until a sweep finds
 it absent or destroys it; while the token refuses writes, sweeps back off.
 Re-initialising the module in the serving process would also refresh its
 view, but that would pull sessions from under calls in flight.
@@ -21,24 +21,19 @@ view, but that would pull sessions from under calls in flight.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import subprocess
-import sys
 import threading
 from collections import OrderedDict
-from ctypes import byref, c_ulong
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
+from . import freshview
 from .settings import TokenSettings
 
 log = logging.getLogger("gateway.token")
 
 FIRST_DELAY: Final = 0.5  # seconds from a failure to the first sweep (failures come in bursts)
 MAX_DELAY: Final = 30.0  # back-off cap while sweeps fail (token still read-only)
-CHILD_TIMEOUT: Final = 120.0  # a child initialises the module: SoftHSM2 reads every object file
 MAX_PENDING: Final = 100_000  # bounded memory; the oldest kids are dropped past this (logged)
 
 
@@ -135,70 +130,5 @@ class LeftoverSweeper:
 
 def sweep(settings: TokenSettings, kids: list[bytes]) -> SweepResult:
     """Destroy every token object with one of ``kids``, from a child process (a fresh view)."""
-    request = {
-        "module": settings.module, "label": settings.label, "serial": settings.serial, "pin": settings.pin,
-        "init_args": settings.init_args, "environment": settings.environment, "kids": [k.hex() for k in kids],
-    }
-    env = {**os.environ, **settings.environment}
-    proc = subprocess.run([sys.executable, "-m", "gateway.token.leftovers"], input=json.dumps(request),
-                          capture_output=True, text=True, env=env, timeout=CHILD_TIMEOUT, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
-    answer = json.loads(proc.stdout)
+    answer = freshview.ask(settings, "sweep", kids=[k.hex() for k in kids])
     return SweepResult(answer["absent"], answer["destroyed"], answer["failed"])
-
-
-# --------------------------------------------------------------------------- the child process
-
-
-def _destroy_kids(request: dict[str, Any]) -> dict[str, list[str]]:
-    from .cki import CKRError, Template
-    from .constants import CKA, CKF_RW_SESSION, CKF_SERIAL_SESSION, CKR, CKU_USER
-    from .module import Module
-
-    module = Module(request["module"], request["init_args"], request["environment"])
-    slot, _ = module.find_slot(request["label"], request["serial"])
-    handle = c_ulong()
-    module.fn("C_OpenSession", slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, None, None, byref(handle))
-    session = handle.value
-    if request["pin"] is not None:
-        pin = request["pin"].encode()
-        rv = module.fn.raw("C_Login")(session, CKU_USER, pin, len(pin))
-        if rv not in (CKR.OK, CKR.USER_ALREADY_LOGGED_IN):
-            raise CKRError(rv, "C_Login")
-    out: dict[str, list[str]] = {"absent": [], "destroyed": [], "failed": []}
-    for kid_hex in request["kids"]:
-        tpl = Template({CKA.TOKEN: True, CKA.ID: bytes.fromhex(kid_hex)})
-        module.fn("C_FindObjectsInit", session, tpl.pointer, tpl.count)
-        found = (c_ulong * 16)()
-        count = c_ulong()
-        try:
-            module.fn("C_FindObjects", session, found, 16, byref(count))
-        finally:
-            module.fn.raw("C_FindObjectsFinal")(session)
-        handles = list(found[: count.value])
-        if not handles:
-            out["absent"].append(kid_hex)
-            continue
-        rvs = [module.fn.raw("C_DestroyObject")(session, h) for h in handles]
-        ok = all(rv in (CKR.OK, CKR.OBJECT_HANDLE_INVALID) for rv in rvs)
-        out["destroyed" if ok else "failed"].append(kid_hex)
-    module.fn.raw("C_Logout")(session)
-    module.fn.raw("C_CloseSession")(session)
-    module.fn.raw("C_Finalize")(None)
-    return out
-
-
-def main() -> int:
-    request = json.loads(sys.stdin.read())
-    try:
-        answer = _destroy_kids(request)
-    except Exception as exc:  # noqa: BLE001 - reported to the parent, which tries again later
-        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(answer))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

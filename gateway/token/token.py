@@ -54,6 +54,7 @@ from .module import Module, SlotNotFound, load_module
 from .peer import normalize_peer
 from .session import PoolStats, Session, SessionPool
 from .settings import TokenSettings
+from .staleview import StaleViews
 from .types import Curve, DataObject, EcdhKdf, HashAlg, KeyClass, KeyInfo, SecretSpec, SecretType, Usage
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,8 @@ class Token:
         self._executor = ThreadPoolExecutor(max_workers=settings.sessions, thread_name_prefix=f"pkcs11-{self.name}")
         # Kids of failed creating calls, swept from a fresh view of the token (see leftovers.py).
         self.leftovers = LeftoverSweeper(settings)
+        # Before "no such object": SoftHSM2 can hide other processes' objects (staleview.py).
+        self.stale = StaleViews(settings, writes=lambda: self.module.fn.writes)
         self._probed: tuple[frozenset[int], dict[str, Any]] | None = None
         # Whether the module DER-wraps CKA_EC_POINT per curve (NSS does not for X25519).
         self._point_der: dict[Curve, bool] = {}
@@ -501,6 +504,20 @@ class Token:
         self._check_login(session)
         return NotFound(f"no key with kid {kid.hex()} in token {self.name!r}")
 
+    def _caught_up(self, session: int) -> bool:
+        """After a lookup found nothing: whether this process's view of the token may have
+        hidden objects and was just brought up to date (staleview.py), so look again.
+        A lost login hides objects too, so it is raised (and recovered) first."""
+        self._check_login(session)
+        return self.stale.catch_up()
+
+    def _find_fresh(self, session: int, attrs: dict[int, Any], limit: int = 0) -> list[int]:
+        """``_find``, looking once more after catching up when it finds nothing."""
+        found = self._find(session, attrs, limit)
+        if not found and self._caught_up(session):
+            found = self._find(session, attrs, limit)
+        return found
+
     def _read_one(self, session: int, handle: int, attr_type: int, size: int) -> bytes | None:
         """One attribute in one call when it fits ``size`` bytes (two otherwise)."""
         from .cki import CK_ATTRIBUTE
@@ -595,7 +612,7 @@ class Token:
 
     # -- key lookup with a handle cache ------------------------------------
 
-    def _key(self, session: int, kid: bytes, cls: int) -> tuple[int, Any]:
+    def _key(self, session: int, kid: bytes, cls: int, fresh: bool = True) -> tuple[int, Any]:
         """Handle and static facts of the key ``kid`` of class ``cls``.
 
         SoftHSM2's C_FindObjects scans every object, so handles are cached per
@@ -622,7 +639,8 @@ class Token:
                     raise
             with self._handles_lock:
                 self._handles.pop(key, None)
-        found = self._find(session, {CKA.TOKEN: True, CKA.CLASS: cls, CKA.ID: kid}, 1)
+        find = self._find_fresh if fresh else self._find
+        found = find(session, {CKA.TOKEN: True, CKA.CLASS: cls, CKA.ID: kid}, 1)
         if not found:
             raise self._not_found(session, kid)
         handle = found[0]
@@ -707,7 +725,7 @@ class Token:
 
     # -- KeyInfo -------------------------------------------------------------
 
-    def _info(self, session: int, kid: bytes) -> KeyInfo:
+    def _info(self, session: int, kid: bytes, fresh: bool = True) -> KeyInfo:
         """KeyInfo of ``kid``: from cached handles when they still hold that kid, else one scan."""
         with self._handles_lock:
             cached = [self._handles.get((kid, c)) for c in (CKO.PRIVATE_KEY, CKO.SECRET_KEY, CKO.PUBLIC_KEY)]
@@ -720,7 +738,13 @@ class Token:
                 raise
         if not infos or len(infos) != len(handles):
             self._forget(kid)
-            pairs = [(h, self._object_info(session, h)) for h in self._find(session, {CKA.TOKEN: True, CKA.ID: kid})]
+            def scan() -> list[tuple[int, KeyInfo | None]]:
+                return [(h, self._object_info(session, h)) for h in self._find(session, {CKA.TOKEN: True, CKA.ID: kid})]
+
+            pairs = scan()
+            # Nothing, or a public key alone, may be half of what another process made (staleview.py).
+            if fresh and all(i is None or i.key_class is KeyClass.PUBLIC for _, i in pairs) and self._caught_up(session):
+                pairs = scan()
             infos = []
             for handle, info in pairs:
                 if info is not None:
@@ -1098,24 +1122,31 @@ class Token:
 
     def key_curve(self, kid: bytes) -> Curve:
         def op(s: Session) -> Curve:
-            try:
-                _, curve = self._key(s.handle, kid, CKO.PRIVATE_KEY)
-            except NotFound:
-                _, curve = self._key(s.handle, kid, CKO.PUBLIC_KEY)
-            if curve is None:
-                raise InvalidInput(f"key {kid.hex()} is not an elliptic-curve key")
-            return curve
+            for attempt in range(2):
+                for cls in (CKO.PRIVATE_KEY, CKO.PUBLIC_KEY):  # a pair, or a public key alone
+                    try:
+                        _, curve = self._key(s.handle, kid, cls, fresh=False)
+                    except NotFound:
+                        continue
+                    if curve is None:
+                        raise InvalidInput(f"key {kid.hex()} is not an elliptic-curve key")
+                    return curve
+                if attempt or not self._caught_up(s.handle):
+                    break
+            raise self._not_found(s.handle, kid)
 
         return self._call(op)
 
     # -- finding, listing, relabelling, destroying ---------------------------
 
-    def get_key(self, kid: bytes) -> KeyInfo:
-        return self._call(lambda s: self._info(s.handle, kid))
+    def get_key(self, kid: bytes, fresh: bool = True) -> KeyInfo:
+        """The key ``kid``; ``fresh=False`` skips catching up on a miss (staleview.py), for
+        callers that try several tokens first and then ask again with it."""
+        return self._call(lambda s: self._info(s.handle, kid, fresh))
 
-    def find_key(self, kid: bytes) -> KeyInfo | None:
+    def find_key(self, kid: bytes, fresh: bool = True) -> KeyInfo | None:
         try:
-            return self.get_key(kid)
+            return self.get_key(kid, fresh)
         except NotFound:
             return None
 
@@ -1137,11 +1168,12 @@ class Token:
                         groups.setdefault(info.kid, []).append(info)
             return [self._merge(v) for v in groups.values()]
 
+        self.stale.catch_up_for_list()  # keys other processes made, hidden here (staleview.py)
         return self._call(op)
 
     def set_label(self, kid: bytes, label: str) -> None:
         def op(s: Session) -> None:
-            handles = self._find(s.handle, {CKA.TOKEN: True, CKA.ID: kid})
+            handles = self._find_fresh(s.handle, {CKA.TOKEN: True, CKA.ID: kid})
             if not handles:
                 raise self._not_found(s.handle, kid)
             tpl = Template({CKA.LABEL: label})
@@ -1154,7 +1186,7 @@ class Token:
         """Destroy every object with this kid (both halves of a pair); returns how many."""
 
         def op(s: Session) -> int:
-            handles = self._find(s.handle, {CKA.TOKEN: True, CKA.ID: kid})
+            handles = self._find_fresh(s.handle, {CKA.TOKEN: True, CKA.ID: kid})
             self._forget(kid)
             if not handles:
                 raise self._not_found(s.handle, kid)
@@ -1212,7 +1244,7 @@ class Token:
                         raise
                 with self._handles_lock:
                     self._handles.pop(cache_key, None)
-            handles = self._find(s.handle, {CKA.CLASS: CKO.DATA, CKA.TOKEN: True, CKA.APPLICATION: app, CKA.LABEL: label}, 1)
+            handles = self._find_fresh(s.handle, {CKA.CLASS: CKO.DATA, CKA.TOKEN: True, CKA.APPLICATION: app, CKA.LABEL: label}, 1)
             if not handles:
                 self._check_login(s.handle)
                 return None
@@ -1240,7 +1272,7 @@ class Token:
 
     def destroy_data(self, application: str, label: str) -> bool:
         def op(s: Session) -> bool:
-            handles = self._find(s.handle, {CKA.CLASS: CKO.DATA, CKA.TOKEN: True, CKA.APPLICATION: application.encode(), CKA.LABEL: label})
+            handles = self._find_fresh(s.handle, {CKA.CLASS: CKO.DATA, CKA.TOKEN: True, CKA.APPLICATION: application.encode(), CKA.LABEL: label})
             for handle in handles:
                 self.module.fn.raw("C_DestroyObject")(s.handle, handle)
             return bool(handles)

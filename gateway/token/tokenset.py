@@ -54,11 +54,13 @@ class TokenSet:
         return dict(zip(self.names, results))
 
     async def locate(self, kid: bytes) -> KeyInfo:
-        """Find a key on whichever token holds it (first match in config order)."""
-        for token in self:
-            info = await token.run(token.find_key, kid)
-            if info is not None:
-                return info
+        """Find a key on whichever token holds it (first match in config order).  Every
+        token is looked at before any is asked for a fresh view (which costs a child process)."""
+        for fresh in (False, True):
+            for token in self:
+                info = await token.run(token.find_key, kid, fresh)
+                if info is not None:
+                    return info
         raise NotFound(f"no key with kid {kid.hex()}")
 
     def close(self) -> None:

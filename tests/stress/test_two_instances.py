@@ -135,7 +135,8 @@ async def test_two_instances_create_derive_delete(tmp_path: Path) -> None:
                 f"pairs {len(check.orphans)}), deleted but present = {len(gone_but_present)}, incomplete objects (no CKA_ID, "
                 f"label or value; SoftHSM2 failure leftovers) = {len(check.incomplete)}; not sensitive or extractable = {len(check.unprotected)}; both instances "
                 f"count what the token holds: {listed[0][0] == listed[1][0] == len(check.hem)}")
-    assert check.lost == [], check.lost[:10]
+    assert check.lost == [], [(kid, "unusable" if kid in unusable else "in token" if kid in check.hem else "not in token")
+                              for kid in check.lost[:10]]
     assert check.orphans == [] and unexpected == [], (check.orphans, unexpected)
     # SoftHSM2's failure path can leave the start of an object it did not finish (see test_faults.py); the
     # adapter retried the call, so the caller got its key; what stays has no CKA_ID, label or value.
