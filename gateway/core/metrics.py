@@ -93,6 +93,11 @@ token_leftovers_pending = Gauge(
     "Kids of failed creating calls not yet swept from the token (see docs/operations.md)", ["token"],
     multiprocess_mode="livesum",
 )
+token_catch_ups = Gauge(
+    "gateway_token_catch_ups",
+    "Fresh-view nudges asked for since the worker started: lookups that found nothing after this worker's own "
+    "writes (see docs/operations.md)", ["token"], multiprocess_mode="livesum",
+)
 token_ready = Gauge(
     "gateway_token_ready", "1 when the token answered the last readiness check, else 0", ["token"],
     multiprocess_mode="livemin",
@@ -129,6 +134,7 @@ def update_token_gauges(tokens: Iterable[Token]) -> None:
         token_sessions_open.labels(token=token.name).set(stats.open)
         token_sessions_max.labels(token=token.name).set(stats.size)
         token_leftovers_pending.labels(token=token.name).set(token.leftovers.pending)
+        token_catch_ups.labels(token=token.name).set(token.stale.nudges)
 
 
 def instrument_token(token: Token) -> None:
