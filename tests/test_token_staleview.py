@@ -100,3 +100,17 @@ def test_a_listing_shows_keys_made_elsewhere(stale_token: Token) -> None:
 
     assert kid in {k.kid for k in token.list_keys()}
     assert _usable(token, kid, value)
+
+
+def test_an_import_under_a_kid_made_elsewhere_is_refused(stale_token: Token) -> None:
+    from gateway.errors import AlreadyExists
+
+    token = stale_token
+    kid, value = os.urandom(16), os.urandom(32)
+    _import_elsewhere(token, kid, value)
+    _own_write(token)
+
+    with pytest.raises(AlreadyExists):
+        token.import_secret(SecretSpec(kid, "second copy", SecretType.AES, 32, Usage(encrypt=True)), os.urandom(32))
+    assert _usable(token, kid, value)  # the first one stays, alone
+    assert [k.kid for k in token.list_keys()].count(kid) == 1

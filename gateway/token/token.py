@@ -720,7 +720,8 @@ class Token:
         return check
 
     def _refuse_duplicate(self, session: int, kid: bytes) -> None:
-        if self._find(session, {CKA.TOKEN: True, CKA.ID: kid}, 1):
+        # Imports choose their kid (HEM: from the key's value): another process's copy counts.
+        if self._find_fresh(session, {CKA.TOKEN: True, CKA.ID: kid}, 1):
             raise AlreadyExists(f"a key with kid {kid.hex()} exists already")
 
     # -- KeyInfo -------------------------------------------------------------
