@@ -114,3 +114,14 @@ def test_an_import_under_a_kid_made_elsewhere_is_refused(stale_token: Token) -> 
         token.import_secret(SecretSpec(kid, "second copy", SecretType.AES, 32, Usage(encrypt=True)), os.urandom(32))
     assert _usable(token, kid, value)  # the first one stays, alone
     assert [k.kid for k in token.list_keys()].count(kid) == 1
+
+
+def test_nss_never_needs_catching_up(nss_settings) -> None:  # type: ignore[no-untyped-def]
+    # NSS softoken asks its database on every lookup: a miss after an own write spawns nothing.
+    token = Token(nss_settings)
+    try:
+        _own_write(token)
+        assert token.find_key(os.urandom(16)) is None
+        assert token.stale.current and token.stale.nudges == 0
+    finally:
+        token.close()

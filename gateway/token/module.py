@@ -49,6 +49,12 @@ class Module:
         self.manufacturer = info.manufacturerID.decode(errors="replace").strip()
         self.description = info.libraryDescription.decode(errors="replace").strip()
 
+    @property
+    def hides_other_processes_objects(self) -> bool:
+        """SoftHSM2 can hide objects other processes made from this one (staleview.py);
+        no other module is known to (NSS softoken asks its database every time)."""
+        return self.manufacturer.startswith("SoftHSM")
+
     def initialize(self) -> None:
         args = CK_C_INITIALIZE_ARGS()
         args.flags = CKF_OS_LOCKING_OK

@@ -32,12 +32,15 @@ class StaleViews:
     """Nudges for one token, shared across its worker threads.
 
     ``writes`` returns how many object-changing calls this process has made so
-    far (the module's count; over-counting only costs a nudge).
+    far (the module's count; over-counting only costs a nudge).  ``enabled`` is
+    off for modules not known to hide objects (only SoftHSM2 is).
     """
 
-    def __init__(self, settings: TokenSettings, writes: Callable[[], int], *, list_seconds: float = LIST_SECONDS) -> None:
+    def __init__(self, settings: TokenSettings, writes: Callable[[], int], *, enabled: bool = True,
+                 list_seconds: float = LIST_SECONDS) -> None:
         self.settings = settings
         self.writes = writes
+        self.enabled = enabled  # off for modules that never hide objects: every view is current
         self.list_seconds = list_seconds
         self._cond = threading.Condition()
         self._synced = writes()  # own writes up to here are covered by a nudge (or by C_Initialize)
@@ -50,7 +53,7 @@ class StaleViews:
     @property
     def current(self) -> bool:
         """No own object-changing call since the last nudge: nothing can be hidden."""
-        return self.writes() == self._synced
+        return not self.enabled or self.writes() == self._synced
 
     def catch_up(self) -> bool:
         """Nudge the token unless the view is current; True when a nudge happened (look again)."""

@@ -117,7 +117,8 @@ class Token:
         # Kids of failed creating calls, swept from a fresh view of the token (see leftovers.py).
         self.leftovers = LeftoverSweeper(settings)
         # Before "no such object": SoftHSM2 can hide other processes' objects (staleview.py).
-        self.stale = StaleViews(settings, writes=lambda: self.module.fn.writes)
+        self.stale = StaleViews(settings, writes=lambda: self.module.fn.writes,
+                                enabled=self.module.hides_other_processes_objects)
         self._probed: tuple[frozenset[int], dict[str, Any]] | None = None
         # Whether the module DER-wraps CKA_EC_POINT per curve (NSS does not for X25519).
         self._point_der: dict[Curve, bool] = {}
