@@ -141,6 +141,18 @@ async def test_list_pages_with_totals(client: Any, hem_tokens: TokenSet) -> None
     assert len(hem_tokens["softhsm"].list_keys()) > total
 
 
+async def test_pages_hold_at_most_15_keys(client: Any) -> None:
+    # HEM answers at most 15 entries however many are asked for (list count, search limit).
+    session = Session(client)
+    tag = os.urandom(8)
+    for _ in range(16):
+        await session.create("AES128", descr=b64(tag))
+    listed = await session.get("/api/keymgmt/list/0/100", "keymgmt:list")
+    assert listed["total"] >= 16 and listed["listed"] == len(listed["list"]) == 15
+    found = await session.post("/api/keymgmt/search", "keymgmt:search", {"descr": "^" + b64(tag) + "$", "limit": 100})
+    assert found["listed"] == len(found["list"]) == 15
+
+
 async def test_search_anchors(client: Any) -> None:
     session = Session(client)
     tag = os.urandom(8)
