@@ -1,9 +1,13 @@
-"""pytest plugin: every HTTP exchange the test suite makes through aiohttp's TestClient
-is checked against the OpenAPI document (gateway/http/openapi.json) at the end of the run.
+"""pytest plugin: every HTTP exchange the test suite makes through aiohttp (the
+in-process TestClient, and ClientSession against gateways served in their own
+processes) is checked against the OpenAPI document (gateway/http/openapi.json) at the
+end of the run.
 
-Recording wraps ``aiohttp.test_utils.TestClient._request`` (every ``client.get``,
-``client.post``, ... goes through it); the response body is read there, which
-aiohttp caches, so tests read it as usual.  At session end each exchange must:
+Recording wraps ``aiohttp.test_utils.TestClient._request`` and
+``aiohttp.ClientSession._request`` (every ``get``, ``post``, ... goes through them;
+the TestClient's own inner session is not recorded twice); the response body is
+read there, which aiohttp caches, so tests read it as usual.  At session end each
+exchange must:
 
 - hit a documented path and method, unless the answer is 404/405 (tests of
   unknown routes and methods) - then it must still be a JSON error;
@@ -21,6 +25,7 @@ are printed in the terminal summary and fail the run.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import re
 from collections.abc import Iterator
@@ -28,6 +33,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import test_utils
 
@@ -79,28 +85,47 @@ def _request_body(kwargs: dict[str, Any]) -> tuple[Any | None, bool]:
     return None, True
 
 
+_IN_TEST_CLIENT: contextvars.ContextVar[bool] = contextvars.ContextVar("in_test_client", default=False)
+
+
+async def _record(method: str, kwargs: dict[str, Any], response: Any) -> None:
+    try:
+        body = await response.read()
+    except Exception:  # noqa: BLE001 - a body the test will fail on itself
+        body = b""
+    request_json, has_body = _request_body(kwargs)
+    url = response.url
+    RECORDER.exchanges.append(Exchange(
+        test=RECORDER.current_test, method=method.upper(), path=url.path, query=dict(url.query),
+        request_json=request_json, request_has_body=has_body, status=response.status,
+        content_type=response.content_type, body=body,
+    ))
+
+
 def _install() -> None:
     original = test_utils.TestClient._request
     if getattr(original, "_openapi_recorder", False):
         return
+    original_session = aiohttp.ClientSession._request
 
     async def _request(self: Any, method: str, path: Any, **kwargs: Any) -> Any:
-        response = await original(self, method, path, **kwargs)
+        token = _IN_TEST_CLIENT.set(True)
         try:
-            body = await response.read()
-        except Exception:  # noqa: BLE001 - a body the test will fail on itself
-            body = b""
-        request_json, has_body = _request_body(kwargs)
-        url = response.url
-        RECORDER.exchanges.append(Exchange(
-            test=RECORDER.current_test, method=method.upper(), path=url.path, query=dict(url.query),
-            request_json=request_json, request_has_body=has_body, status=response.status,
-            content_type=response.content_type, body=body,
-        ))
+            response = await original(self, method, path, **kwargs)
+        finally:
+            _IN_TEST_CLIENT.reset(token)
+        await _record(method, kwargs, response)
+        return response
+
+    async def _session_request(self: Any, method: str, url: Any, **kwargs: Any) -> Any:
+        response = await original_session(self, method, url, **kwargs)
+        if not _IN_TEST_CLIENT.get():
+            await _record(method, kwargs, response)
         return response
 
     _request._openapi_recorder = True  # type: ignore[attr-defined]
     test_utils.TestClient._request = _request  # type: ignore[method-assign]
+    aiohttp.ClientSession._request = _session_request  # type: ignore[method-assign]
 
 
 # --------------------------------------------------------------------------- checking

@@ -131,6 +131,27 @@ def test_keys_list_shows_every_key_of_the_token(tmp_path: Path, softhsm_dir: Pat
     assert "1234" not in table.stdout + table.stderr
 
 
+def test_capabilities_prints_what_the_adapter_detected(tmp_path: Path, softhsm_dir: Path,
+                                                      softhsm_settings: SoftHSMSettingsFactory) -> None:
+    tokens = TokenSet.open([softhsm_settings("spare2", sessions=1)])
+    try:
+        rows = tokens["spare2"].capabilities.rows()
+    finally:
+        tokens.close()
+    env = {**os.environ, "KEYS_TEST_PIN": "1234"}
+
+    result = gateway("capabilities", "--config", str(_keys_config(tmp_path, softhsm_dir, "spare2")), env=env)
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "spare" and lines[1].split() == ["feature", "value"]
+    printed = {line[2:].split("  ", 1)[0].strip(): line[2:].split("  ", 1)[1].strip() for line in lines[3:] if line.strip()}
+    assert printed == dict(rows)
+    # SoftHSM2 2.6: ECDH without KDFs, no HKDF (docs: ../shared/notes/pkcs11-tokens.md)
+    assert "P-256" in printed["ECDH (CKM_ECDH1_DERIVE)"] and printed["HKDF (CKM_HKDF_DERIVE)"] == "no"
+    assert "1234" not in result.stdout + result.stderr
+
+
 def test_exit_codes(tmp_path: Path, softhsm_dir: Path) -> None:
     env = {**os.environ, "KEYS_TEST_PIN": "1234"}
     missing_token = gateway("keys", "list", "--config", str(_keys_config(tmp_path, softhsm_dir, "no-such-token")), env=env)
