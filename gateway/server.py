@@ -66,8 +66,26 @@ def banner(config: Config, workers: int) -> str:
         lines.append(f"  try: {hint}")
     elif scheme == "http":
         lines.append(f"  try: curl http://{config.server.listen}/readyz")
+    if config.vault.dev_issuer_key is not None:
+        lines.append(f"  Vault: {vault_hint(config, scheme)}")
     lines.append(f"  API reference: {scheme}://{config.server.listen}/docs")
     return "\n".join(lines)
+
+
+def vault_hint(config: Config, scheme: str) -> str:
+    """A curl line listing the caller's vaults, with a JWT from `gateway jwt issue` (the dev issuer)."""
+    import shlex
+    import uuid
+    from pathlib import Path
+
+    from gateway import tls
+
+    cacert = ""
+    if tls.uses_dev_tls(config):
+        cacert = f"--cacert {shlex.quote(str(tls.dev_tls_dir(config) / tls.CA_CERT_NAME))} "
+    command = shlex.quote(str(Path(sys.executable).with_name("gateway")))
+    jwt = f"$({command} jwt issue --config {shlex.quote(str(config.path))} --sub application:{uuid.uuid4()})"
+    return f'curl {cacert}-H "Authorization: bearer {jwt}" {scheme}://{config.server.listen}/api/v1/vaults'
 
 
 # --------------------------------------------------------------------------- one server process

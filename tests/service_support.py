@@ -133,6 +133,18 @@ class Server:
             if line.startswith("pkcs11-gateway: serving"):
                 return "".join(self.stdout)
 
+    def output(self, quiet: float = 0.5) -> str:
+        """Everything printed so far: the lines after the banner's first are read until
+        none comes for ``quiet`` seconds."""
+        while True:
+            try:
+                line = self._lines.get(timeout=quiet)
+            except queue.Empty:
+                return "".join(self.stdout)
+            if line is None:
+                return "".join(self.stdout)
+            self.stdout.append(line)
+
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)

@@ -37,7 +37,7 @@ def readme_block(after_heading: str) -> str:
 
 
 @pytest.fixture
-def dev_setup(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+def dev_setup(tmp_path: Path) -> Iterator[tuple[Path, int, str]]:
     """config/dev.toml served from ``tmp_path`` (tokens init, then serve), as `make run` does."""
     port = free_port()
     (tmp_path / "config").mkdir()
@@ -58,12 +58,12 @@ def dev_setup(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     # dev.toml has no plain listener; its paths are relative to the config file, not the cwd.
     setup = ServiceSetup(tmp_path, config, port, 0, tmp_path / "state" / "tls" / "ca.crt",
                          tmp_path / "state" / "softhsm", env)
-    with running(setup):
-        yield tmp_path, port
+    with running(setup) as server:
+        yield tmp_path, port, server.output()
 
 
-def test_readme_vault_walkthrough_answers_201_with_the_seed_fields(dev_setup: tuple[Path, int]) -> None:
-    directory, port = dev_setup
+def test_readme_vault_walkthrough_answers_201_with_the_seed_fields(dev_setup: tuple[Path, int, str]) -> None:
+    directory, port, _ = dev_setup
     try_it = readme_block("## Try it")
     vault = readme_block("### Provide Vault")
     assert "gateway jwt issue" in vault and "/derive" in vault
@@ -82,3 +82,15 @@ def test_readme_vault_walkthrough_answers_201_with_the_seed_fields(dev_setup: tu
     assert (body["name"], body["description"]) == ("private chat", "this is a secure channel")
     # The first lines of the walk-through: the gateway is ready with both tokens.
     assert '"ready": true' in result.stdout and '"nss": true' in result.stdout
+
+
+def test_the_vault_line_make_run_prints_works_when_pasted(dev_setup: tuple[Path, int, str]) -> None:
+    directory, _, banner = dev_setup
+    line = next(line for line in banner.splitlines() if line.strip().startswith("Vault: curl "))
+    command = line.strip().removeprefix("Vault: ")
+    env = {k: v for k, v in os.environ.items() if k not in ("GATEWAY_CONFIG", "CURL_CA_BUNDLE")}
+    result = subprocess.run(["bash", "-c", command + " -sS -w '\\n%{http_code}'"], capture_output=True, text=True,
+                            timeout=60, check=False, cwd="/", env=env)
+    body, code = result.stdout.rsplit("\n", 1)
+    assert code == "200", (result.stdout, result.stderr)
+    assert json.loads(body) == []  # a fresh application has no vaults yet
