@@ -69,3 +69,42 @@ def _run(token: Token, per_thread: int, stored_every: int) -> None:
     assert stats.in_use == 0 and stats.open <= token.settings.sessions
     for out in created:
         token.destroy(out)
+
+
+async def test_nss_object_writes_queue_on_one_thread_and_reads_stay_parallel(nss_settings) -> None:  # type: ignore[no-untyped-def]
+    # NSS softoken stores objects one at a time; racing writers only lengthen the tail (docs/benchmarks.md).
+    import asyncio
+    import threading
+    import time
+
+    token = Token(nss_settings)
+    active = {"generate_secret": 0, "find_key": 0}
+    peak = dict(active)
+    threads: dict[str, set[str]] = {"generate_secret": set(), "find_key": set()}
+    lock = threading.Lock()
+
+    def tracked(name: str, call):  # type: ignore[no-untyped-def]
+        def run(*args):  # type: ignore[no-untyped-def]
+            with lock:
+                active[name] += 1
+                peak[name] = max(peak[name], active[name])
+                threads[name].add(threading.current_thread().name)
+            try:
+                time.sleep(0.05)  # long enough for calls to overlap if they can
+                return call(*args)
+            finally:
+                with lock:
+                    active[name] -= 1
+        run.__name__ = name  # Token.run routes by the adapter method's name
+        return run
+
+    try:
+        kid = os.urandom(16)
+        spec = lambda k: SecretSpec(k, "queued", SecretType.AES, 32, Usage(encrypt=True))  # noqa: E731
+        await asyncio.gather(*(token.run(tracked("generate_secret", token.generate_secret), spec(os.urandom(16)))
+                               for _ in range(6)),
+                             *(token.run(tracked("find_key", token.find_key), kid) for _ in range(6)))
+    finally:
+        token.close()
+    assert peak["generate_secret"] == 1 and all("-writer_" in t for t in threads["generate_secret"])
+    assert peak["find_key"] > 1 and not any("-writer_" in t for t in threads["find_key"])

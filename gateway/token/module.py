@@ -55,6 +55,13 @@ class Module:
         no other module is known to (NSS softoken asks its database every time)."""
         return self.manufacturer.startswith("SoftHSM")
 
+    @property
+    def serializes_writes(self) -> bool:
+        """NSS softoken keeps token objects in an sqlite database and stores them one at a
+        time: concurrent creating calls gain nothing and only race for its lock, which
+        stretches the latency tail (docs/benchmarks.md)."""
+        return self.manufacturer.startswith("Mozilla")
+
     def initialize(self) -> None:
         args = CK_C_INITIALIZE_ARGS()
         args.flags = CKF_OS_LOCKING_OK

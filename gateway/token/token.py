@@ -18,7 +18,7 @@ from collections import Counter
 from hmac import compare_digest as hmac_compare
 from concurrent.futures import ThreadPoolExecutor
 from ctypes import byref, c_ulong
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Final, Iterable, TypeVar
 
 from ..errors import AlreadyExists, InvalidInput, NotFound, TokenRefused, TokenUnavailable, Unsupported
 from .capabilities import DIGEST_MECHANISMS, ECDH_KDF_VALUES, HMAC_MECHANISMS, Capabilities
@@ -96,6 +96,13 @@ def _der_octets(data: bytes) -> bytes:
     return b"\x04" + bytes([0x80 | len(size)]) + size + data
 
 
+# The Token methods that create, change or destroy token objects (see Token.run).
+OBJECT_CHANGING_OPS: Final = frozenset({
+    "generate_secret", "generate_keypair", "import_public_key", "import_key_pair", "import_secret",
+    "ecdh_derive", "ecdh_hkdf_derive", "hkdf_derive", "set_label", "destroy", "create_data", "destroy_data",
+})
+
+
 class Token:
     """A logged-in token with a session pool and a capability set."""
 
@@ -114,6 +121,10 @@ class Token:
         # Calls that cost a full object scan on SoftHSM2, and recoveries: for metrics and tests.
         self.counters: Counter[str] = Counter()
         self._executor = ThreadPoolExecutor(max_workers=settings.sessions, thread_name_prefix=f"pkcs11-{self.name}")
+        # A token that stores objects one at a time gets its object-changing calls on one
+        # thread, in arrival order, instead of racing for its lock (reads stay parallel).
+        self._writer = (ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pkcs11-{self.name}-writer")
+                        if self.module.serializes_writes else None)
         # Kids of failed creating calls, swept from a fresh view of the token (see leftovers.py).
         self.leftovers = LeftoverSweeper(settings)
         # Before "no such object": SoftHSM2 can hide other processes' objects (staleview.py).
@@ -403,12 +414,15 @@ class Token:
         """
         loop = asyncio.get_running_loop()
         call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        executor = self._executor
+        if self._writer is not None and getattr(fn, "__name__", "") in OBJECT_CHANGING_OPS:
+            executor = self._writer
         if not self.observers:
-            return await loop.run_in_executor(self._executor, call)
+            return await loop.run_in_executor(executor, call)
         started = time.perf_counter()
         error: BaseException | None = None
         try:
-            return await loop.run_in_executor(self._executor, call)
+            return await loop.run_in_executor(executor, call)
         except BaseException as exc:
             error = exc
             raise
@@ -432,6 +446,8 @@ class Token:
     def close(self) -> None:
         """Log out, close the sessions, and finalise the module if no other token uses it."""
         self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._writer is not None:
+            self._writer.shutdown(wait=True, cancel_futures=True)
         self.leftovers.close()
         self.pool.close_all()
         self.module.release()
