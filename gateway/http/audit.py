@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -20,6 +19,7 @@ from gateway.config import Config
 from gateway.core.audit import AuditLog
 from gateway.errors import TokenUnavailable
 from gateway.http.keys import REQUEST_ID_KEY, CONFIG_KEY, TOKENS_KEY
+from gateway.http.request_ids import new_request_id
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def request_id(request: web.Request) -> str:
     """The id another middleware gave the request, else a new one (kept on the request)."""
     rid = request.get(REQUEST_ID_KEY)
     if not rid:
-        rid = uuid.uuid4().hex
+        rid = new_request_id()
         request[REQUEST_ID_KEY] = rid
     return rid
 

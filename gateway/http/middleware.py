@@ -27,7 +27,6 @@ import json
 import logging
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any, Final
@@ -35,6 +34,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from gateway.http.keys import REQUEST_ID_KEY
+from gateway.http.request_ids import new_request_id
 from aiohttp.web_protocol import RequestHandler
 
 from gateway import errors
@@ -57,10 +57,6 @@ UNMATCHED_ROUTE: Final = "unmatched"
 # Where no page says otherwise: an API answer is data, never a document to render.
 API_CSP: Final = "default-src 'none'; frame-ancestors 'none'"
 HSTS: Final = "max-age=31536000"
-
-
-def new_request_id() -> str:
-    return uuid.uuid4().hex
 
 
 def route_label(request: web.BaseRequest) -> str:
