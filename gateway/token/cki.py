@@ -14,9 +14,12 @@ from __future__ import annotations
 import ctypes
 import threading
 from ctypes import POINTER, Structure, byref, c_char_p, c_ubyte, c_ulong, c_void_p
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from .constants import CKR, ckr_name
+
+if TYPE_CHECKING:
+    from .scangate import ScanGate
 
 CK_ULONG = c_ulong
 CK_RV = c_ulong
@@ -222,6 +225,8 @@ class FunctionList:
         # objects from this one (staleview.py).  Counted before the call.
         self.writes = 0
         self._writes_lock = threading.Lock()
+        # SoftHSM2 only: scans and other processes' writes kept apart (scangate.py).
+        self.gate: ScanGate | None = None
 
     def raw(self, name: str) -> Any:
         fn = self._cache.get(name)
@@ -229,6 +234,8 @@ class FunctionList:
             fn = _prototype(name)(getattr(self._list, name))
             if name in OBJECT_CHANGING:
                 fn = self._counted(fn)
+            elif name == "C_FindObjectsInit":
+                fn = self._scan(fn)
             self._cache[name] = fn
         return fn
 
@@ -236,7 +243,21 @@ class FunctionList:
         def call(*args: Any) -> Any:
             with self._writes_lock:
                 self.writes += 1
-            return fn(*args)
+            gate = self.gate
+            if gate is None:
+                return fn(*args)
+            with gate.writing():
+                return fn(*args)
+        return call
+
+    def _scan(self, fn: Any) -> Any:
+        # SoftHSM2 matches every object of the token inside C_FindObjectsInit.
+        def call(*args: Any) -> Any:
+            gate = self.gate
+            if gate is None:
+                return fn(*args)
+            with gate.scanning():
+                return fn(*args)
         return call
 
     def __call__(self, name: str, *args: Any) -> None:

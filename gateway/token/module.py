@@ -11,6 +11,7 @@ from typing import Any
 from ..errors import ConfigError, TokenUnavailable
 from .cki import CK_C_INITIALIZE_ARGS, CK_INFO, CK_TOKEN_INFO, CKRError, FunctionList
 from .constants import CKF_OS_LOCKING_OK, CKR
+from .scangate import ScanGate
 
 
 class SlotNotFound(TokenUnavailable):
@@ -48,11 +49,19 @@ class Module:
         self.fn("C_GetInfo", byref(info))
         self.manufacturer = info.manufacturerID.decode(errors="replace").strip()
         self.description = info.libraryDescription.decode(errors="replace").strip()
+        if self.rereads_on_other_processes_writes:
+            self.fn.gate = ScanGate.for_softhsm(self.environment)
 
     @property
     def hides_other_processes_objects(self) -> bool:
         """SoftHSM2 can hide objects other processes made from this one (staleview.py);
         no other module is known to (NSS softoken asks its database every time)."""
+        return self.manufacturer.startswith("SoftHSM")
+
+    @property
+    def rereads_on_other_processes_writes(self) -> bool:
+        """SoftHSM2 re-reads its token folder on an object access after another process's
+        write, so scans must not overlap other processes' writes (scangate.py)."""
         return self.manufacturer.startswith("SoftHSM")
 
     @property

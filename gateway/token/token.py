@@ -7,6 +7,7 @@ Every public method here blocks on the token; call them from worker threads
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import ctypes
 import functools
@@ -453,6 +454,11 @@ class Token:
         self.module.release()
 
     # -- low-level helpers (take a session handle) -------------------------
+
+    def _scanning(self) -> contextlib.AbstractContextManager[None]:
+        """Hold off other processes' writes while reading many objects (scangate.py)."""
+        gate = self.module.fn.gate
+        return gate.scanning() if gate is not None else contextlib.nullcontext()
 
     def _find(self, session: int, attrs: dict[int, Any], limit: int = 0) -> list[int]:
         fn = self.module.fn
@@ -1174,16 +1180,17 @@ class Token:
         def op(s: Session) -> list[KeyInfo]:
             self._check_login(s.handle)
             groups: dict[bytes, list[KeyInfo]] = {}
-            for cls in (CKO.PRIVATE_KEY, CKO.SECRET_KEY, CKO.PUBLIC_KEY):
-                for handle in self._find(s.handle, {CKA.TOKEN: True, CKA.CLASS: cls}):
-                    try:
-                        info = self._object_info(s.handle, handle)
-                    except CKRError as exc:
-                        if exc.rv in HANDLE_GONE:
-                            continue  # destroyed by another process meanwhile
-                        raise
-                    if info is not None and info.kid:
-                        groups.setdefault(info.kid, []).append(info)
+            with self._scanning():  # reads every key object (scangate.py)
+                for cls in (CKO.PRIVATE_KEY, CKO.SECRET_KEY, CKO.PUBLIC_KEY):
+                    for handle in self._find(s.handle, {CKA.TOKEN: True, CKA.CLASS: cls}):
+                        try:
+                            info = self._object_info(s.handle, handle)
+                        except CKRError as exc:
+                            if exc.rv in HANDLE_GONE:
+                                continue  # destroyed by another process meanwhile
+                            raise
+                        if info is not None and info.kid:
+                            groups.setdefault(info.kid, []).append(info)
             return [self._merge(v) for v in groups.values()]
 
         self.stale.catch_up_for_list()  # keys other processes made, hidden here (staleview.py)
