@@ -283,7 +283,7 @@ def why_missed(run: GatewayRun, ts: list[Target]) -> list[str]:
             f"**Derive with 10,000 keys.** With one worker the ratio is {one}, and the raw loop's (one process, no",
             f"gateway) {s.raw_ratio():.2f}: whatever the loop loses to the key count is SoftHSM2's own cost of a",
             "bigger token, which the gateway pays too. With two workers, each one's writes make the other's",
-            "SoftHSM2 re-read the token: on every access to a token object after another process changed the token,
+            "SoftHSM2 re-read the token: on every access to a token object after another process changed the token,",
             "SoftHSM2 (`ObjectFile::refresh` -> `OSToken::index`) lists the token directory and lstat()s every file in",
             "it (two per object), so each derive in one worker pays a scan of 20,000 files for the other's last write",
             "(strace: the getdents64 and newfstatat calls come from inside C_GetAttributeValue/C_DeriveKey). That is the",
