@@ -174,3 +174,18 @@ def test_softhsm_tokens_are_gated_by_their_token_folder_and_nss_is_not(softhsm_s
         assert nss.module.fn.gate is None
     finally:
         nss.close()
+
+
+def test_a_threads_lock_descriptors_close_when_it_ends(tmp_path: Path) -> None:
+    gate = ScanGate(tmp_path / "gate.lock")
+    before = len(os.listdir("/proc/self/fd"))
+
+    def write() -> None:
+        with gate.writing():
+            pass
+
+    for _ in range(20):
+        thread, done = _in_thread(write)
+        thread.join()
+        assert done.is_set()
+    assert len(os.listdir("/proc/self/fd")) - before < 4  # not two per thread that ever wrote

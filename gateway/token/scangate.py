@@ -55,6 +55,18 @@ def softhsm_token_dir(environment: dict[str, str]) -> str | None:
     return None
 
 
+class _ThreadFds:
+    """One thread's lock descriptors, closed when the thread ends (its thread-local goes)."""
+
+    def __init__(self, fds: tuple[int, int] | None) -> None:
+        self.fds = fds
+
+    def __del__(self) -> None:
+        for fd in self.fds or ():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 class ScanGate:
     """Shared for writes, exclusive for scans, across threads and processes on one token folder.
 
@@ -101,10 +113,10 @@ class ScanGate:
         return turnstile, main
 
     def _thread_fds(self) -> tuple[int, int] | None:
-        fds = getattr(self._local, "fds", None)
-        if fds is None:
-            fds = self._local.fds = self._open()
-        return fds
+        holder = getattr(self._local, "fds", None)
+        if holder is None:
+            holder = self._local.fds = _ThreadFds(self._open())
+        return holder.fds
 
     def _depth(self) -> int:
         return getattr(self._local, "depth", 0)
