@@ -100,6 +100,7 @@ class Worker:
     def __init__(self, session: Any, module_path: str) -> None:
         self.session = session
         self.module_path = module_path
+        self._kept: dict[bytes, Any] = {}
 
     def _base(self, cmd: dict[str, Any]) -> Any:
         return self.session.get_key(object_class=ObjectClass.PRIVATE_KEY, id=bytes.fromhex(cmd["base_kid"]))
@@ -192,6 +193,18 @@ class Worker:
                 obj.destroy()
                 destroyed += 1
         return {"destroyed": destroyed, "seconds": time.perf_counter() - started}
+
+    def read_timed(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Milliseconds of one CKA_ID read of the base key (handle found once, then kept), e.g. right
+        after another process stored a key: SoftHSM2 then re-reads its token folder inside the read."""
+        kid = bytes.fromhex(cmd["base_kid"])
+        key = self._kept.get(kid)
+        if key is None:
+            key = self._kept[kid] = self._base(cmd)
+            key[Attribute.ID]
+        started = time.perf_counter()
+        key[Attribute.ID]
+        return {"ms": (time.perf_counter() - started) * 1000}
 
     def count_objects(self, cmd: dict[str, Any]) -> dict[str, Any]:
         """How many token objects the token holds: all of them, and the keys among them."""

@@ -2,10 +2,11 @@
 
 The lock itself is checked between real processes (flock is per open file, so
 threads and processes both count); the SoftHSM2 adapter is checked to hold it
-around C_FindObjectsInit and around object-changing calls, and NSS softoken to
-have none.  The slow scan it prevents (SoftHSM2 re-reading its folder on every
-object a scan touches while another process writes) is the reliability suite's
-"sessions closed" fault at full size (make stress).
+around C_FindObjectsInit and around calls that change token objects (not around
+session objects), and NSS softoken to have none.  The slow scan it prevents
+(SoftHSM2 re-reading its folder on every object a scan touches while another
+process writes) is the reliability suite's "sessions closed" fault at full size
+(make stress).
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway.token import SecretSpec, SecretType, Token, Usage
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.token import Curve, SecretSpec, SecretType, Token, Usage
 from gateway.token.scangate import ScanGate, softhsm_token_dir
 
 # A child that takes the gate (``write`` or ``scan``), says "got" once it holds it, and lets go
@@ -167,6 +171,24 @@ def test_softhsm_tokens_are_gated_by_their_token_folder_and_nss_is_not(softhsm_s
                                                            Usage(encrypt=True))).kid)
         assert other.said(30) == "got"
         other.release()
+        # While another process scans: calls on session objects only (the ECDH secret, read and
+        # destroyed) go ahead and do not count as token changes; a stored derive waits.
+        base = os.urandom(16)
+        token.generate_keypair(base, "gated", Curve.P256, Usage(derive=True))
+        peer = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        scanner = Holder(gate.lock_path, "scan")
+        assert scanner.said(30) == "got"
+        writes = token.module.fn.writes
+        assert len(token.ecdh_secret(base, peer=peer)) == 32
+        assert token.module.fn.writes == writes
+        stored, stored_done = _in_thread(lambda: token.ecdh_derive(
+            base, SecretSpec(os.urandom(16), "gated", SecretType.AES, 32), peer=peer) and None)
+        assert not stored_done.wait(0.5)
+        scanner.release()
+        assert stored_done.wait(30)
+        stored.join()
+        assert token.module.fn.writes == writes + 1
     finally:
         token.close()
     nss = Token(nss_settings)

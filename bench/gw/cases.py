@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -297,6 +298,9 @@ class GatewayBench:
                     log.info("  %-16s %6d keys, %d worker%s, round %d: c=%d %8.1f ops/s (p50 %.1f ms, p99 %.1f ms)",
                              SCALE, objects[-1], count, "s" if count > 1 else "", rnd + 1, t.scale_concurrency,
                              run.ops_per_s, run.p50_ms, run.p99_ms)
+            result.reread_ms[level] = self.reread(load, lambda: create_keys(1))
+            log.info("  %-16s %6d keys: one read after another process stored a key %.1f ms, unchanged %.2f ms",
+                     SCALE, self.key_objects(), *result.reread_ms[level])
             for rnd in range(rounds):
                 sample = load.raw.sample(load.raw_op, seconds=t.seconds, **load.raw_args)
                 result.raw.setdefault(level, []).append(sample)
@@ -307,6 +311,18 @@ class GatewayBench:
         if self.current_workers != t.workers:
             self.restart(t.workers)
         return result
+
+    def reread(self, load: Workload, store_one: Callable[[], object], times: int = 5) -> tuple[float, float]:
+        """The token's own price of a second process: one attribute read in the raw process right after
+        this process stored a key, and with nothing changed in between (medians of ``times``)."""
+        base = {"base_kid": load.raw_args["base_kid"]}
+        load.raw.call("read_timed", **base)
+        after, quiet = [], []
+        for _ in range(times):
+            store_one()
+            after.append(float(load.raw.call("read_timed", **base)["ms"]))
+            quiet.append(float(load.raw.call("read_timed", **base)["ms"]))
+        return statistics.median(after), statistics.median(quiet)
 
     def key_objects(self) -> int:
         return int(self.raw_hsm.call("count_objects")["keys"])

@@ -82,6 +82,9 @@ class ScaleResult:
     raw: dict[int, list[Sample]] = field(default_factory=dict)
     created: int = 0
     create_seconds: float = 0.0
+    # level -> (ms of one attribute read in the raw process right after another process stored a key,
+    #           ms of the same read with no change in between); medians
+    reread_ms: dict[int, tuple[float, float]] = field(default_factory=dict)
 
     def rate(self, level: int, workers: int | None = None) -> float:
         runs = self.gateway.get(self.workers[0] if workers is None else workers, {}).get(level, [])
@@ -114,6 +117,8 @@ class ScaleResult:
             "ratios": {str(w): self.ratio(w) for w in self.workers}, "raw_ratio": self.raw_ratio(),
             "create": {"keys": self.created, "seconds": self.create_seconds,
                        "per_s": self.created / self.create_seconds if self.create_seconds else None},
+            "reread_ms": {str(lvl): {"after_other_process_wrote": a, "unchanged": b}
+                          for lvl, (a, b) in sorted(self.reread_ms.items())},
         }
 
 

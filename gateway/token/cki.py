@@ -207,6 +207,41 @@ def _prototype(name: str) -> Any:
 OBJECT_CHANGING = frozenset(
     "C_CreateObject C_CopyObject C_DestroyObject C_GenerateKey C_GenerateKeyPair C_DeriveKey C_UnwrapKey".split())
 
+# Where each creating call has its templates (pointer, count) and its new handles (out pointers).
+_TEMPLATES: dict[str, tuple[tuple[int, int], ...]] = {
+    "C_CreateObject": ((1, 2),), "C_CopyObject": ((2, 3),), "C_GenerateKey": ((2, 3),),
+    "C_GenerateKeyPair": ((2, 3), (4, 5)), "C_DeriveKey": ((3, 4),), "C_UnwrapKey": ((5, 6),),
+}
+_NEW_HANDLES: dict[str, tuple[int, ...]] = {
+    "C_CreateObject": (3,), "C_CopyObject": (4,), "C_GenerateKey": (4,), "C_GenerateKeyPair": (6, 7),
+    "C_DeriveKey": (5,), "C_UnwrapKey": (7,),
+}
+_CKA_TOKEN = 0x1
+_MAX_SESSION_OBJECTS = 65536  # remembered handles; beyond, destroys count as token-object changes
+
+
+def _template_says_token(ptr: Any, count: Any, default: bool) -> bool:
+    """CKA_TOKEN of a Template's attribute array (``default`` when absent); True when unreadable."""
+    if ptr is None or not count:
+        return default
+    array = getattr(ptr, "_obj", None)  # byref() keeps the object it points to
+    if not isinstance(array, ctypes.Array):
+        return True
+    for i in range(min(int(count), len(array))):
+        entry = array[i]
+        if entry.type == _CKA_TOKEN:
+            return bool(entry.pValue) and entry.ulValueLen >= 1 and ctypes.cast(entry.pValue, CK_BYTE_P)[0] != 0
+    return default
+
+
+def _new_handles(name: str, args: tuple[Any, ...]) -> list[int]:
+    out = []
+    for i in _NEW_HANDLES[name]:
+        obj = getattr(args[i], "_obj", None)
+        if isinstance(obj, c_ulong):
+            out.append(obj.value)
+    return out
+
 
 class FunctionList:
     """Callable view of a module's CK_FUNCTION_LIST; raises CKRError on failure."""
@@ -221,10 +256,11 @@ class FunctionList:
             raise CKRError(rv, "C_GetFunctionList")
         self._list = ptr.contents
         self._cache: dict[str, Any] = {}
-        # Object-changing calls made so far: SoftHSM2 may then hide other processes'
+        # Calls that changed token objects so far: SoftHSM2 may then hide other processes'
         # objects from this one (staleview.py).  Counted before the call.
         self.writes = 0
         self._writes_lock = threading.Lock()
+        self._session_objects: set[int] = set()  # handles of session objects this process made
         # SoftHSM2 only: scans and other processes' writes kept apart (scangate.py).
         self.gate: ScanGate | None = None
 
@@ -233,14 +269,37 @@ class FunctionList:
         if fn is None:
             fn = _prototype(name)(getattr(self._list, name))
             if name in OBJECT_CHANGING:
-                fn = self._counted(fn)
+                fn = self._counted(name, fn)
             elif name == "C_FindObjectsInit":
                 fn = self._scan(fn)
             self._cache[name] = fn
         return fn
 
-    def _counted(self, fn: Any) -> Any:
+    def _counted(self, name: str, fn: Any) -> Any:
+        # Calls that make or destroy session objects only (the ECDH secret that is read and
+        # destroyed, probes) change no token file: they are neither counted nor gated.  Session
+        # objects are told apart by the CKA_TOKEN of the template that made them; a copy without
+        # CKA_TOKEN in its template keeps the original's, so it counts as a token object.
+        templates = _TEMPLATES.get(name, ())
+        default = name == "C_CopyObject"
+        destroys = name == "C_DestroyObject"
+
         def call(*args: Any) -> Any:
+            if destroys:
+                session_object = args[1] in self._session_objects
+                if session_object:
+                    with self._writes_lock:
+                        self._session_objects.discard(args[1])
+            else:
+                session_object = not any(_template_says_token(args[p], args[c], default) for p, c in templates)
+            if session_object:
+                rv = fn(*args)
+                if templates and rv == CKR.OK:
+                    with self._writes_lock:
+                        if len(self._session_objects) > _MAX_SESSION_OBJECTS:
+                            self._session_objects.clear()
+                        self._session_objects.update(_new_handles(name, args))
+                return rv
             with self._writes_lock:
                 self.writes += 1
             gate = self.gate
@@ -249,6 +308,10 @@ class FunctionList:
             with gate.writing():
                 return fn(*args)
         return call
+
+    def forget_session_objects(self) -> None:
+        with self._writes_lock:
+            self._session_objects.clear()
 
     def _scan(self, fn: Any) -> Any:
         # SoftHSM2 matches every object of the token inside C_FindObjectsInit.

@@ -89,6 +89,7 @@ class Module:
             if self.generation != seen_generation:
                 return
             self.fn.raw("C_Finalize")(None)
+            self.fn.forget_session_objects()  # handle numbers start over
             self.initialized = False
             self.generation += 1
             self.initialize()
