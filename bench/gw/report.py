@@ -296,7 +296,7 @@ def why_missed(run: GatewayRun, ts: list[Target]) -> list[str]:
             "bigger token, which the gateway pays too. With two workers, each one's writes make the other's",
             "SoftHSM2 re-read the token folder on its next touch of a token object (the base key of the next derive,",
             "the audit trail's MAC key): " + "; ".join(
-                f"{a:.0f} ms at about {lvl:,} keys against {b:.2f} ms unchanged" for lvl, (a, b) in sorted(s.reread_ms.items()))
+                f"{a:.1f} ms at about {lvl:,} keys against {b:.2f} ms unchanged" for lvl, (a, b) in sorted(s.reread_ms.items()))
             + " (measured in this run, see the scale section). That is the token's design for sharing a token",
             "between processes, not the gateway's. Tried on a branch (wip/softhsm-turns-and-key-copies) and not",
             "merged: workers taking turns at touching token objects, and using keys through per-process session",
