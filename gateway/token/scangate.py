@@ -16,9 +16,9 @@ length of its scans (its threads scan side by side).  Calls that make or
 destroy session objects only (the ECDH secret of ``/api/crypto/ecdh``) touch
 no token file and take no lock (cki.py tells them apart by CKA_TOKEN).  A
 second lock file is the turnstile that keeps a stream of writers from starving
-a scan: a scan takes it first, writers pass through it.  Writer threads have their own descriptors,
-because flock locks belong to an open file and would otherwise be shared by
-every thread of the process.
+a scan: a scan takes it first, writers pass through it.  Writer threads have
+their own descriptors, because flock locks belong to an open file and would
+otherwise be shared by every thread of the process.
 
 Scans are rare on the hot path (handles are cached per process), so writers
 pay four cheap system calls each.  Other modules do not re-read anything per
