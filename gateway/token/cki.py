@@ -207,23 +207,23 @@ def _prototype(name: str) -> Any:
 OBJECT_CHANGING = frozenset(
     "C_CreateObject C_CopyObject C_DestroyObject C_GenerateKey C_GenerateKeyPair C_DeriveKey C_UnwrapKey".split())
 
-# Where each creating call has its templates (pointer, count) and its new handles (out pointers).
+# Where each creating call the adapter makes has its templates (pointer, count) and its new
+# handles (out pointers).  Object-changing calls not listed here count as token changes.
 _TEMPLATES: dict[str, tuple[tuple[int, int], ...]] = {
-    "C_CreateObject": ((1, 2),), "C_CopyObject": ((2, 3),), "C_GenerateKey": ((2, 3),),
-    "C_GenerateKeyPair": ((2, 3), (4, 5)), "C_DeriveKey": ((3, 4),), "C_UnwrapKey": ((5, 6),),
+    "C_CreateObject": ((1, 2),), "C_GenerateKey": ((2, 3),), "C_GenerateKeyPair": ((2, 3), (4, 5)),
+    "C_DeriveKey": ((3, 4),),
 }
 _NEW_HANDLES: dict[str, tuple[int, ...]] = {
-    "C_CreateObject": (3,), "C_CopyObject": (4,), "C_GenerateKey": (4,), "C_GenerateKeyPair": (6, 7),
-    "C_DeriveKey": (5,), "C_UnwrapKey": (7,),
+    "C_CreateObject": (3,), "C_GenerateKey": (4,), "C_GenerateKeyPair": (6, 7), "C_DeriveKey": (5,),
 }
 _CKA_TOKEN = 0x1
 _MAX_SESSION_OBJECTS = 65536  # remembered handles; beyond, destroys count as token-object changes
 
 
-def _template_says_token(ptr: Any, count: Any, default: bool) -> bool:
-    """CKA_TOKEN of a Template's attribute array (``default`` when absent); True when unreadable."""
+def _template_says_token(ptr: Any, count: Any) -> bool:
+    """CKA_TOKEN of a Template's attribute array (false when absent, as for the module); True when unreadable."""
     if ptr is None or not count:
-        return default
+        return False
     array = getattr(ptr, "_obj", None)  # byref() keeps the object it points to
     if not isinstance(array, ctypes.Array):
         return True
@@ -231,7 +231,7 @@ def _template_says_token(ptr: Any, count: Any, default: bool) -> bool:
         entry = array[i]
         if entry.type == _CKA_TOKEN:
             return bool(entry.pValue) and entry.ulValueLen >= 1 and ctypes.cast(entry.pValue, CK_BYTE_P)[0] != 0
-    return default
+    return False
 
 
 def _new_handles(name: str, args: tuple[Any, ...]) -> list[int]:
@@ -278,10 +278,8 @@ class FunctionList:
     def _counted(self, name: str, fn: Any) -> Any:
         # Calls that make or destroy session objects only (the ECDH secret that is read and
         # destroyed, probes) change no token file: they are neither counted nor gated.  Session
-        # objects are told apart by the CKA_TOKEN of the template that made them; a copy without
-        # CKA_TOKEN in its template keeps the original's, so it counts as a token object.
+        # objects are told apart by the CKA_TOKEN of the template that made them.
         templates = _TEMPLATES.get(name, ())
-        default = name == "C_CopyObject"
         destroys = name == "C_DestroyObject"
 
         def call(*args: Any) -> Any:
@@ -291,7 +289,7 @@ class FunctionList:
                     with self._writes_lock:
                         self._session_objects.discard(args[1])
             else:
-                session_object = not any(_template_says_token(args[p], args[c], default) for p, c in templates)
+                session_object = bool(templates) and not any(_template_says_token(args[p], args[c]) for p, c in templates)
             if session_object:
                 rv = fn(*args)
                 if templates and rv == CKR.OK:
