@@ -49,3 +49,24 @@ def test_quick_gateway_bench_writes_every_figure(tmp_path: Path) -> None:
 
     md = (out / "benchmarks.md").read_text(encoding="utf-8")
     assert "Through the gateway" in md and "Worker memory" in md
+
+
+def test_quick_scale_bench_writes_rates_and_the_reread_cost(tmp_path: Path) -> None:
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (`make install` installs it)")
+    out = tmp_path / "bench-out"
+    args = [sys.executable, "-m", "bench", "--quick", "--only", "gw-scale", "--tokens", "softhsm",
+            "--scale-keys", "10,60", "--gw-seconds", "1", "--no-chart", "--out", str(out)]
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "one attribute read in another process right after a key was stored" in proc.stdout
+
+    scale = json.loads((out / "benchmarks.json").read_text(encoding="utf-8"))["gateway"]["scale"]
+    assert scale["levels"] == [10, 60]
+    for workers, rates in scale["rates"].items():
+        assert all(rates[level] > 0 for level in ("10", "60")), (workers, rates)
+    assert set(scale["reread_ms"]) == {"10", "60"}
+    for level, reread in scale["reread_ms"].items():
+        assert reread["after_other_process_wrote"] > 0 and reread["unchanged"] > 0, (level, reread)
+    md = (out / "benchmarks.md").read_text(encoding="utf-8")
+    assert "Why two workers lose here" in md
