@@ -17,7 +17,6 @@ import threading
 import time
 from collections import Counter
 from hmac import compare_digest as hmac_compare
-from concurrent.futures import ThreadPoolExecutor
 from ctypes import byref, c_ulong
 from typing import Any, Callable, Final, Iterable, TypeVar
 
@@ -50,6 +49,7 @@ from .constants import (
     TOKEN_GONE,
 )
 from .curves import CURVE_BY_PARAMS, KeygenRecipe, candidates, decode_ec_point
+from .lanes import Lane
 from .leftovers import LeftoverSweeper
 from .module import Module, SlotNotFound, load_module
 from .peer import normalize_peer
@@ -121,11 +121,6 @@ class Token:
         self._checked: dict[tuple[bytes, int], float] = {}  # when a cached handle was last confirmed
         # Calls that cost a full object scan on SoftHSM2, and recoveries: for metrics and tests.
         self.counters: Counter[str] = Counter()
-        self._executor = ThreadPoolExecutor(max_workers=settings.sessions, thread_name_prefix=f"pkcs11-{self.name}")
-        # A token that stores objects one at a time gets its object-changing calls on one
-        # thread, in arrival order, instead of racing for its lock (reads stay parallel).
-        self._writer = (ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pkcs11-{self.name}-writer")
-                        if self.module.serializes_writes else None)
         # Kids of failed creating calls, swept from a fresh view of the token (see leftovers.py).
         self.leftovers = LeftoverSweeper(settings)
         # Before "no such object": SoftHSM2 can hide other processes' objects (staleview.py).
@@ -149,6 +144,11 @@ class Token:
             except BaseException:
                 self.module.release()
                 raise
+        # The threads blocking calls run on (see Token.run); started once the token is there.
+        self._lane = Lane(settings.sessions, f"pkcs11-{self.name}")
+        # A token that stores objects one at a time gets its object-changing calls on one
+        # thread, in arrival order, instead of racing for its lock (reads stay parallel).
+        self._writer = Lane(1, f"pkcs11-{self.name}-writer") if self.module.serializes_writes else None
 
     # -- connection, capability detection, recovery ------------------------
 
@@ -413,17 +413,16 @@ class Token:
         from the worker thread carry the request's context variables), and each
         of ``observers`` is told ``(operation, seconds, error)`` afterwards.
         """
-        loop = asyncio.get_running_loop()
         call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
-        executor = self._executor
+        lane = self._lane
         if self._writer is not None and getattr(fn, "__name__", "") in OBJECT_CHANGING_OPS:
-            executor = self._writer
+            lane = self._writer
         if not self.observers:
-            return await loop.run_in_executor(executor, call)
+            return await lane.run(call)
         started = time.perf_counter()
         error: BaseException | None = None
         try:
-            return await loop.run_in_executor(executor, call)
+            return await lane.run(call)
         except BaseException as exc:
             error = exc
             raise
@@ -446,9 +445,9 @@ class Token:
 
     def close(self) -> None:
         """Log out, close the sessions, and finalise the module if no other token uses it."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._lane.close()
         if self._writer is not None:
-            self._writer.shutdown(wait=True, cancel_futures=True)
+            self._writer.close()
         self.leftovers.close()
         self.pool.close_all()
         self.module.release()

@@ -1,0 +1,121 @@
+"""Worker threads for blocking token calls, with less work per call than
+``loop.run_in_executor`` on a ``ThreadPoolExecutor``.
+
+Every request the gateway serves makes at least one token call, so the hop to
+a worker thread and back is paid per request.  ``run_in_executor`` pays it in
+Python on the event loop: the executor's locks and semaphore, a concurrent
+future chained to an asyncio future, and one wake-up of the loop per finished
+call.  A :class:`Lane` hands a call over through a ``SimpleQueue`` (C code) and
+answers an asyncio future directly; calls that finish while the loop is busy
+are answered together, with one wake-up (measured in ``make bench``,
+``gw-hem-ecdh``; see docs/benchmarks.md).
+
+Semantics kept from ``run_in_executor``: a call whose future was cancelled
+before a thread picked it up never runs (so a cancelled request cannot start
+creating a key), a call that started runs to its end, and the result of a
+call whose caller went away is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from collections import deque
+from queue import Empty, SimpleQueue
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+
+_STOP: Any = object()
+
+
+class _Answers:
+    """Finished calls waiting for one event loop to hand their results over."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._ready: deque[tuple[asyncio.Future[Any], Any, BaseException | None]] = deque()
+        self._scheduled = False
+
+    def put(self, future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+        """From a worker thread.  Append first, then look at the flag: either the
+        scheduled drain sees this answer, or the flag is down and this schedules one."""
+        self._ready.append((future, result, error))
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                self._loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                self._ready.clear()
+
+    def _drain(self) -> None:
+        self._scheduled = False  # lowered before reading, so a later put schedules again
+        ready = self._ready
+        while ready:
+            future, result, error = ready.popleft()
+            if future.done():  # cancelled meanwhile (the request timed out or went away)
+                continue
+            if error is None:
+                future.set_result(result)
+            elif isinstance(error, asyncio.CancelledError):  # queued when the lane closed
+                future.cancel()
+            else:
+                future.set_exception(error)
+
+
+class Lane:
+    """``threads`` worker threads taking blocking calls in arrival order."""
+
+    def __init__(self, threads: int, name: str) -> None:
+        self._jobs: SimpleQueue[Any] = SimpleQueue()
+        self._answers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Answers] = weakref.WeakKeyDictionary()
+        self._closed = False
+        self._threads = [threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True) for i in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def run(self, call: Callable[[], T]) -> asyncio.Future[T]:
+        """Queue ``call``; the returned future (of the running loop) gets its result."""
+        if self._closed:
+            raise RuntimeError("the lane is closed")
+        loop = asyncio.get_running_loop()
+        answers = self._answers.get(loop)
+        if answers is None:
+            answers = self._answers[loop] = _Answers(loop)
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put((call, future, answers))
+        return future
+
+    def _work(self) -> None:
+        jobs = self._jobs
+        while True:
+            job = jobs.get()
+            if job is _STOP:
+                return
+            call, future, answers = job
+            if future.done():  # cancelled while queued: never start it
+                continue
+            try:
+                result = call()
+            except BaseException as exc:  # noqa: BLE001 - the caller gets it
+                answers.put(future, None, exc)
+            else:
+                answers.put(future, result, None)
+
+    def close(self) -> None:
+        """Cancel the calls still queued, let running ones finish, stop the threads."""
+        self._closed = True
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except Empty:
+                break
+            if job is not _STOP:
+                _, future, answers = job
+                answers.put(future, None, asyncio.CancelledError())
+        for _ in self._threads:
+            self._jobs.put(_STOP)
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join()
