@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import (
     REGISTRY,
@@ -113,10 +113,24 @@ keys_derived = Counter(
 # --------------------------------------------------------------------------- recording
 
 
+# Labelled children by label values.  ``labels()`` costs a few microseconds (argument
+# checks, a lock), paid on every request and token call; the label sets are small and
+# fixed (route templates, methods, statuses, operation names), so the children are kept.
+_children: dict[tuple[object, ...], Any] = {}
+
+
+def _child(metric: Any, *values: str) -> Any:
+    key = (id(metric), *values)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*values)
+    return child
+
+
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
     """Count one answered HTTP request."""
-    http_requests.labels(route=route, method=method, status=str(status)).inc()
-    http_request_seconds.labels(route=route, method=method).observe(seconds)
+    _child(http_requests, route, method, str(status)).inc()
+    _child(http_request_seconds, route, method).observe(seconds)
 
 
 def set_token_ready(states: dict[str, bool]) -> None:
@@ -144,7 +158,7 @@ def instrument_token(token: Token) -> None:
     name = token.name
 
     def observe(operation: str, seconds: float, error: BaseException | None) -> None:
-        token_call_seconds.labels(token=name, operation=operation).observe(seconds)
+        _child(token_call_seconds, name, operation).observe(seconds)
         if isinstance(error, Exception):
             token_call_errors.labels(token=name, operation=operation, error=type(error).__name__).inc()
 
