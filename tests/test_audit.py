@@ -1,4 +1,4 @@
-"""The chained-MAC audit log on a real token: appends, verification, tampering, segments, concurrency."""
+"""The hash-chained, MAC-sealed audit log on a real token: appends, verification, tampering, segments, concurrency."""
 
 from __future__ import annotations
 
@@ -59,18 +59,82 @@ async def test_records_chain_and_verify(token: Token, tmp_path: Path) -> None:
     assert records[2]["kids"] == [f"{2:032x}"] and records[2]["request_id"] == "req-2"
 
 
-async def test_chain_is_hmac_of_previous_mac_and_record(token: Token, tmp_path: Path) -> None:
-    """The MAC is HMAC-SHA256(K, prev || canonical record): recompute it with the key in the token."""
+async def test_hash_chain_and_seal_in_the_token(token: Token, tmp_path: Path) -> None:
+    """hash = SHA-256(prev hash || canonical record); the seal is HMAC-SHA256(K, hash) with the
+    key in the token: recompute both."""
     log = await open_log(token, tmp_path)
     await log.record(event(1))
     await log.record(event(2))
     first, second = (r for _, _, r in lines(tmp_path))
-    body = {k: v for k, v in second.items() if k != "mac"}
-    data = bytes.fromhex(str(first["mac"])) + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    assert token.hmac(log.key_kid, HashAlg.SHA256, data).hex() == second["mac"]
-    # and it is not a plain hash nor a MAC under some known key
-    assert second["mac"] != hashlib.sha256(data).hexdigest()
-    assert second["mac"] != hmac.new(bytes(32), data, hashlib.sha256).hexdigest()
+    body = {k: v for k, v in second.items() if k not in ("hash", "mac")}
+    data = bytes.fromhex(str(first["hash"])) + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    assert hashlib.sha256(data).hexdigest() == second["hash"]
+    link = bytes.fromhex(str(second["hash"]))
+    assert token.hmac(log.key_kid, HashAlg.SHA256, link).hex() == second["mac"]
+    # the seal is not a plain hash nor a MAC under some known key
+    assert second["mac"] != hashlib.sha256(link).hexdigest()
+    assert second["mac"] != hmac.new(bytes(32), link, hashlib.sha256).hexdigest()
+
+
+async def test_one_seal_per_append(token: Token, tmp_path: Path) -> None:
+    """An append of several records (the group commit) costs one MAC in the token: on its last record."""
+    log = await open_log(token, tmp_path)
+    log._append_batch([event(i) for i in range(4)])
+    log._append_batch([event(i) for i in range(4, 6)])
+    records = [r for _, _, r in lines(tmp_path)]
+    assert [("mac" in r) for r in records] == [False, False, False, True, False, True]
+    assert all(len(str(r["hash"])) == 64 for r in records)
+    result = await token.run(verify_with_token, tmp_path, token)
+    assert isinstance(result, VerifySummary) and result.records == 6 and result.last_mac == records[-1]["mac"]
+
+
+async def test_recomputed_hashes_stop_at_the_next_seal(token: Token, tmp_path: Path) -> None:
+    """Whoever changes an unsealed record and recomputes the hashes after it cannot make the seal."""
+    log = await open_log(token, tmp_path)
+    log._append_batch([event(i) for i in range(5)])
+    path = tmp_path / f"{segment_ids(tmp_path)[0]}.log"
+    records = [json.loads(raw) for raw in path.read_bytes().splitlines()]
+    records[1]["status"] = 403
+    prev = bytes.fromhex(records[0]["hash"])
+    for record in records[1:]:
+        body = {k: v for k, v in record.items() if k not in ("hash", "mac")}
+        prev = hashlib.sha256(prev + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).digest()
+        record["hash"] = prev.hex()
+    path.write_bytes(b"".join(json.dumps(r, sort_keys=True, separators=(",", ":")).encode() + b"\n" for r in records))
+    result = await token.run(verify_with_token, tmp_path, token)
+    assert isinstance(result, BadRecord) and (result.line, result.seq) == (5, 5) and "MAC" in result.reason
+
+
+async def test_a_log_must_end_with_a_seal(token: Token, tmp_path: Path) -> None:
+    """The last record of an append removed, or a record added without the key: the end is unsealed."""
+    log = await open_log(token, tmp_path)
+    log._append_batch([event(i) for i in range(3)])
+    path = tmp_path / f"{segment_ids(tmp_path)[0]}.log"
+    raw = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(raw[:2]))
+    result = await token.run(verify_with_token, tmp_path, token)
+    assert isinstance(result, BadRecord) and result.line == 2 and "ends" in result.reason
+
+
+async def test_records_from_before_hashes_still_verify(token: Token, tmp_path: Path) -> None:
+    """A log written when every record had its own MAC (HMAC(K, prev mac || record)) goes on."""
+    log = await open_log(token, tmp_path)
+    prev, old = bytes(32), []
+    for i in range(1, 4):
+        body = event(i).body(i)
+        mac = token.hmac(log.key_kid, HashAlg.SHA256, prev + json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+        old.append(json.dumps({**body, "mac": mac.hex()}, sort_keys=True, separators=(",", ":")).encode() + b"\n")
+        prev = mac
+    (tmp_path / "00000001.log").write_bytes(b"".join(old))
+    assert await log.record(event(4)) == 4
+    records = [r for _, _, r in lines(tmp_path)]
+    body = {k: v for k, v in records[3].items() if k not in ("hash", "mac")}
+    assert hashlib.sha256(prev + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest() == records[3]["hash"]
+    result = await token.run(verify_with_token, tmp_path, token)
+    assert isinstance(result, VerifySummary) and result.records == 4
+    (tmp_path / "00000001.log").write_bytes(b"".join(old).replace(b'"status":200', b'"status":201', 1))
+    bad = await token.run(verify_with_token, tmp_path, token)
+    assert isinstance(bad, BadRecord) and bad.line == 1 and "MAC" in bad.reason
 
 
 @pytest.mark.parametrize("field", ["status", "subject", "kids", "time"])
@@ -88,7 +152,7 @@ async def test_a_changed_record_is_named(token: Token, tmp_path: Path, field: st
     rewrite(path, number, change)
     result = await token.run(verify_with_token, tmp_path, token)
     assert isinstance(result, BadRecord)
-    assert (result.line, result.seq) == (4, 4) and "MAC" in result.reason
+    assert (result.line, result.seq) == (4, 4) and "hash" in result.reason
 
 
 async def test_removed_and_reordered_records_are_named(token: Token, tmp_path: Path) -> None:

@@ -1,14 +1,24 @@
-"""The append-only audit trail: one JSON line per event, each chained to the one before by a MAC.
+"""The append-only audit trail: one JSON line per event, chained by hashes and sealed by MACs.
 
-Each record carries ``mac = HMAC-SHA256(K, prev_mac || record)`` where
-``record`` is the canonical JSON of the line without its ``mac`` member,
-``prev_mac`` the previous record's MAC (32 zero bytes before the first), and
-``K`` an HMAC key that never leaves the token (found by its label, see
-``gateway.core.system_keys``).  Changing, inserting, reordering or removing a
-record breaks the chain at that record; ``verify`` names the first bad one.
-Removing records from the END cannot show without an outside anchor: compare
-the last sequence number and MAC that ``verify`` reports with a copy kept
-elsewhere.
+Each record carries ``hash = SHA-256(prev || record)``, where ``record`` is
+the canonical JSON of the line without its ``hash`` and ``mac`` members and
+``prev`` the previous record's chain value (32 zero bytes before the first).
+The last record of every append also carries ``mac = HMAC-SHA256(K, hash)``,
+the seal, with an HMAC key that never leaves the token (found by its label,
+see ``gateway.core.system_keys``).  A seal covers its record and, through the
+hashes, every record before it, so changing, inserting, reordering or removing
+a record breaks the log at that record (or, if the hashes after it were
+recomputed, at the next seal); ``verify`` names the first bad one.  A log
+always ends with a seal, so records appended without the key, or a cut in the
+middle of an append, show too.  Removing whole appends from the END cannot
+show without an outside anchor: compare the last sequence number and MAC that
+``verify`` reports with a copy kept elsewhere.
+
+Why one MAC per append and not per record: the MAC is a token call, the
+costliest part of a record, and appends group the records of concurrent
+requests (below).  Records written before this scheme carry a ``mac`` of
+``HMAC(K, prev || record)`` and no ``hash``; their chain value is that MAC,
+and ``verify`` checks them as such.
 
 The log is a directory of segment files ``<8 hex digits>.log`` (the hex is a
 Unix time at the segment's start, as HEM names its log files); a new segment
@@ -21,9 +31,9 @@ cost more than the request).
 
 Group commit: ``record`` queues its event, and one writer per process takes
 everything queued so far and appends it in one batch (one lock, one tail read,
-one ``write``; one MAC in the token per record, chained in order), on a thread
-of its own so that waiting for another process's lock never holds a token
-thread.  Each caller still waits until its own record is written.
+one seal in the token, one ``write``), on a thread of its own so that waiting
+for another process's lock never holds a token thread.  Each caller still
+waits until its own record is written.
 
 Records never hold secrets: callers pass event names, status codes,
 subjects, kids and request ids only.
@@ -35,6 +45,7 @@ import asyncio
 import enum
 import fcntl
 import functools
+import hashlib
 import hmac as hmac_lib
 import json
 import logging
@@ -149,8 +160,18 @@ def canonical(record: dict[str, Any]) -> bytes:
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
-def chain_input(prev_mac: bytes, record: dict[str, Any]) -> bytes:
-    return prev_mac + canonical(record)
+def chain_input(prev: bytes, record: dict[str, Any]) -> bytes:
+    return prev + canonical(record)
+
+
+def chain_hash(prev: bytes, record: dict[str, Any]) -> bytes:
+    """The ``hash`` of ``record`` (without its ``hash`` and ``mac``) after chain value ``prev``."""
+    return hashlib.sha256(chain_input(prev, record)).digest()
+
+
+def chain_value(record: dict[str, Any]) -> bytes:
+    """What the next record chains to: the ``hash``, or the ``mac`` of a record from before hashes."""
+    return bytes.fromhex(record["hash"] if "hash" in record else record["mac"])
 
 
 def segment_ids(directory: Path) -> list[str]:
@@ -214,7 +235,6 @@ class AuditLog:
     def mac(self, data: bytes) -> bytes:
         """HMAC-SHA256 with the audit key, in the token (blocking)."""
         from gateway.token import HashAlg
-
         return self.token.hmac(self.key_kid, HashAlg.SHA256, data)
 
     async def record(self, event: AuditEvent) -> int:
@@ -249,26 +269,29 @@ class AuditLog:
 
     def _append_batch(self, events: Sequence[AuditEvent]) -> list[int]:
         """Append ``events`` in order under the cross-process lock (blocking); their sequence numbers."""
+        if not events:
+            return []
         with self._lock:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
                 path, last = self._current_segment()
-                prev_mac = bytes.fromhex(last["mac"]) if last else GENESIS
+                prev = chain_value(last) if last else GENESIS
                 seq = int(last["seq"]) + 1 if last else 1
                 if last is None:
                     # a new segment: carry the chain over from the previous one
-                    prev = self._previous_tail(path)
-                    if prev is not None:
-                        prev_mac, seq = bytes.fromhex(prev["mac"]), int(prev["seq"]) + 1
-                lines: list[bytes] = []
-                seqs: list[int] = []
+                    tail = self._previous_tail(path)
+                    if tail is not None:
+                        prev, seq = chain_value(tail), int(tail["seq"]) + 1
+                bodies: list[dict[str, Any]] = []
                 for event in events:
                     body = event.body(seq)
-                    mac = self.mac(chain_input(prev_mac, body))
-                    body["mac"] = mac.hex()
-                    lines.append(canonical(body) + b"\n")
-                    seqs.append(seq)
-                    prev_mac, seq = mac, seq + 1
+                    prev = chain_hash(prev, body)
+                    body["hash"] = prev.hex()
+                    bodies.append(body)
+                    seq += 1
+                bodies[-1]["mac"] = self.mac(prev).hex()  # the seal covers the whole append
+                lines = [canonical(body) + b"\n" for body in bodies]
+                seqs = [int(body["seq"]) for body in bodies]
                 fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
                 try:
                     os.write(fd, b"".join(lines))
@@ -324,11 +347,13 @@ def _records(directory: Path) -> Iterator[tuple[str, int, bytes]]:
 
 
 def verify(directory: Path, mac: MacFunction) -> BadRecord | VerifySummary:
-    """Walk every segment in order and check the chain; the first bad record, or a summary.
+    """Walk every segment in order and check hashes and seals; the first bad record, or a summary.
 
     ``mac(data)`` computes HMAC-SHA256 with the audit key (in the token).
     """
-    prev_mac, expected_seq, count, segments = GENESIS, 1, 0, set()
+    prev, expected_seq, count, segments = GENESIS, 1, 0, set()
+    last_mac, sealed_seq = b"", 0
+    where: tuple[str, int, int | None] = ("", 0, None)
     for seg, number, raw in _records(directory):
         segments.add(seg)
         if not raw.endswith(b"\n"):
@@ -337,17 +362,37 @@ def verify(directory: Path, mac: MacFunction) -> BadRecord | VerifySummary:
             record = json.loads(raw)
             if not isinstance(record, dict):
                 raise ValueError("not an object")
-            stored = bytes.fromhex(record.pop("mac"))
+            stored_hash = bytes.fromhex(record.pop("hash")) if "hash" in record else None
+            stored_mac = bytes.fromhex(record.pop("mac")) if "mac" in record else None
+            if stored_hash is None and stored_mac is None:
+                raise ValueError("it has neither hash nor mac")
             seq = record.get("seq")
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             return BadRecord(seg, number, None, f"not a well-formed record ({exc})")
         if seq != expected_seq:
             return BadRecord(seg, number, seq if isinstance(seq, int) else None,
                              f"sequence number {seq}, expected {expected_seq} (a record was removed or inserted)")
-        if not hmac_lib.compare_digest(mac(chain_input(prev_mac, record)), stored):
-            return BadRecord(seg, number, seq, "the MAC does not match: this record, or the one before it, was changed")
-        prev_mac, expected_seq, count = stored, expected_seq + 1, count + 1
-    return VerifySummary(count, len(segments), expected_seq - 1, prev_mac.hex() if count else "")
+        if stored_hash is None:  # written before hashes: every record has its own MAC
+            assert stored_mac is not None
+            if not hmac_lib.compare_digest(mac(chain_input(prev, record)), stored_mac):
+                return BadRecord(seg, number, seq, "the MAC does not match: this record, or the one before it, was changed")
+            prev = stored_mac
+        else:
+            if not hmac_lib.compare_digest(chain_hash(prev, record), stored_hash):
+                return BadRecord(seg, number, seq, "the hash does not match: this record, or the one before it, was changed")
+            prev = stored_hash
+            if stored_mac is not None and not hmac_lib.compare_digest(mac(stored_hash), stored_mac):
+                since = f"since seq {sealed_seq}" if sealed_seq else "from the first"
+                return BadRecord(seg, number, seq, f"the MAC does not match: a record {since} up to this one was "
+                                                   "changed and the hashes recomputed")
+        if stored_mac is not None:
+            last_mac, sealed_seq = stored_mac, expected_seq
+        where = (seg, number, expected_seq)
+        expected_seq, count = expected_seq + 1, count + 1
+    if count and sealed_seq != expected_seq - 1:
+        return BadRecord(*where, f"the log ends after seq {sealed_seq or 'none'}'s MAC: records were "
+                                 "appended without the audit key, or an append was cut short")
+    return VerifySummary(count, len(segments), expected_seq - 1, last_mac.hex())
 
 
 def verify_with_token(directory: Path, token: Token) -> BadRecord | VerifySummary:
