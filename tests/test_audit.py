@@ -225,3 +225,14 @@ async def test_another_process_finds_the_same_key(token: Token, softhsm_settings
         assert isinstance(verify_with_token(tmp_path, other), VerifySummary)
     finally:
         other.close()
+
+
+async def test_two_writers_taking_turns_across_segments_keep_one_chain(token: Token, tmp_path: Path) -> None:
+    """Each log remembers where its own last append ended and skips reading the file back;
+    an append by the other (a new end, or a new segment) must be noticed every time."""
+    logs = [await open_log(token, tmp_path, segment_bytes=2048), await open_log(token, tmp_path, segment_bytes=2048)]
+    for i in range(30):
+        logs[(i // 3) % 2]._append_batch([event(i)] * (1 + i % 2))
+    assert len(segment_ids(tmp_path)) >= 5
+    result = await token.run(verify_with_token, tmp_path, token)
+    assert isinstance(result, VerifySummary) and result.records == 45 and result.last_seq == 45

@@ -190,13 +190,24 @@ def _last_record(path: Path) -> dict[str, Any] | None:
         size = f.tell()
         f.seek(max(0, size - _TAIL_BYTES))
         tail = f.read()
-    lines = [line for line in tail.split(b"\n") if line.strip()]
-    if not lines:
+    tail = tail.rstrip()
+    if not tail:
         return None
-    record = json.loads(lines[-1])
+    record = json.loads(tail[tail.rfind(b"\n") + 1:])
     if not isinstance(record, dict):
         raise ValueError(f"{path}: the last line is not a JSON object")
     return record
+
+
+@dataclass(frozen=True)
+class _Tail:
+    """The end of this process's last append: enough to append again without reading back."""
+
+    path: Path
+    inode: int
+    size: int
+    prev: bytes  # the chain value of the last record
+    seq: int  # the next sequence number
 
 
 class AuditLog:
@@ -214,6 +225,7 @@ class AuditLog:
         self._queue: list[tuple[AuditEvent, asyncio.Future[int]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
+        self._tail: _Tail | None = None  # where this process's last append ended
 
     @classmethod
     async def open(cls, directory: Path, token: Token, **kwargs: Any) -> "AuditLog":
@@ -274,14 +286,7 @@ class AuditLog:
         with self._lock:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
-                path, last = self._current_segment()
-                prev = chain_value(last) if last else GENESIS
-                seq = int(last["seq"]) + 1 if last else 1
-                if last is None:
-                    # a new segment: carry the chain over from the previous one
-                    tail = self._previous_tail(path)
-                    if tail is not None:
-                        prev, seq = chain_value(tail), int(tail["seq"]) + 1
+                path, prev, seq = self._where_to_append()
                 bodies: list[dict[str, Any]] = []
                 for event in events:
                     body = event.body(seq)
@@ -290,16 +295,45 @@ class AuditLog:
                     bodies.append(body)
                     seq += 1
                 bodies[-1]["mac"] = self.mac(prev).hex()  # the seal covers the whole append
-                lines = [canonical(body) + b"\n" for body in bodies]
-                seqs = [int(body["seq"]) for body in bodies]
+                self._tail = None  # until the write is known to be whole
                 fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
                 try:
-                    os.write(fd, b"".join(lines))
+                    os.write(fd, b"".join(canonical(body) + b"\n" for body in bodies))
+                    written = os.fstat(fd)
                 finally:
                     os.close(fd)
-                return seqs
+                if written.st_size < self.segment_bytes:
+                    self._tail = _Tail(path, written.st_ino, written.st_size, prev, seq)
+                return [int(body["seq"]) for body in bodies]
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _where_to_append(self) -> tuple[Path, bytes, int]:
+        """(segment, chain value to go on from, next sequence number), under the lock."""
+        tail = self._tail
+        if tail is not None:
+            # Only the newest segment grows, and a newer one starts only once it is full.
+            # So the segment of our last append, if not full, is still the newest: no
+            # directory listing.  If nobody appended since (same size), not even a read.
+            try:
+                now = os.stat(tail.path)
+            except FileNotFoundError:
+                now = None
+            if now is not None and now.st_ino == tail.inode:
+                if now.st_size == tail.size:
+                    return tail.path, tail.prev, tail.seq
+                if now.st_size < self.segment_bytes:
+                    last = _last_record(tail.path)
+                    if last is not None:
+                        return tail.path, chain_value(last), int(last["seq"]) + 1
+        path, last = self._current_segment()
+        if last is not None:
+            return path, chain_value(last), int(last["seq"]) + 1
+        # a new segment: carry the chain over from the previous one
+        previous = self._previous_tail(path)
+        if previous is not None:
+            return path, chain_value(previous), int(previous["seq"]) + 1
+        return path, GENESIS, 1
 
     def _current_segment(self) -> tuple[Path, dict[str, Any] | None]:
         ids = segment_ids(self.directory)
