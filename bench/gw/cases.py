@@ -30,12 +30,14 @@ from cryptography.hazmat.primitives import serialization
 
 from bench.baseline import RawWorker
 from bench.gw import wrk
+from bench.gw.bare import BareServer
 from bench.gw.client import Client, p256_peer, vault_jwt
 from bench.gw.profile import summarize as profile_summary
 from bench.gw.results import GatewayCase, GatewayRun, MemoryResult, ScaleResult, WorkerMemory
-from bench.gw.server import GatewayProcess, GatewaySetup, TokenEntry, make_setup, rss_kib
+from bench.gw.server import GatewayProcess, GatewaySetup, TokenEntry, free_port, make_setup, rss_kib
 from bench.timing import Sample
 from bench.tokens import BenchToken
+from gateway.tls import ensure_dev_tls
 
 log = logging.getLogger("bench")
 
@@ -167,10 +169,11 @@ class GatewayBench:
 
     # -- measuring -------------------------------------------------------------
 
-    def wrk(self, load: Workload, concurrency: int, seconds: float | None = None, tag: str = "") -> wrk.WrkResult:
-        pids = self.workers()
+    def wrk(self, load: Workload, concurrency: int, seconds: float | None = None, tag: str = "",
+            pids: list[int] | None = None, url: str | None = None) -> wrk.WrkResult:
+        pids = self.workers() if pids is None else pids
         before = sum(_cpu_seconds(p) for p in pids)
-        result = wrk.run(load.url, method="POST", body=load.body, bearer=load.bearer, concurrency=concurrency,
+        result = wrk.run(url or load.url, method="POST", body=load.body, bearer=load.bearer, concurrency=concurrency,
                          seconds=seconds or self.timing.seconds, workdir=self.workdir, name=f"{load.name}-{concurrency}")
         if result.requests:
             used = sum(_cpu_seconds(p) for p in pids) - before
@@ -244,11 +247,42 @@ class GatewayBench:
 
         variants: list[Callable[[int], None]] = [measure_raw, *(functools.partial(measure_gateway, c)
                                                                  for c in t.concurrency)]
-        for rnd in range(t.rounds):
-            shift = rnd % len(variants)
-            for measure in variants[shift:] + variants[:shift]:
-                measure(rnd)
+        bare: BareServer | None = None
+        if load.name == HEM_ECDH:
+            bare = self.start_bare()
+            bare_concurrency = 16 if 16 in t.concurrency else max(t.concurrency)
+            case.bare[bare_concurrency] = []
+
+            def measure_bare(rnd: int) -> None:
+                assert bare is not None
+                result = self.wrk(load, bare_concurrency, tag="-bare", pids=bare.pids,
+                                  url=f"https://127.0.0.1:{bare.port}/api/crypto/ecdh")
+                case.bare[bare_concurrency].append(result)
+                errors = f"  errors {result.errors}" if result.errors else ""
+                log.info("  %-16s round %d  bare c=%-6d: %8.1f ops/s  p50 %7.2f ms  p99 %7.2f ms%s", load.name,
+                         rnd + 1, bare_concurrency, result.ops_per_s, result.p50_ms, result.p99_ms, errors)
+
+            variants.append(measure_bare)
+        try:
+            for rnd in range(t.rounds):
+                shift = rnd % len(variants)
+                for measure in variants[shift:] + variants[:shift]:
+                    measure(rnd)
+        finally:
+            if bare is not None:
+                bare.stop()
         return case
+
+    def start_bare(self) -> BareServer:
+        """The bare HTTPS server (bench/gw/bare.py) on the softhsm token, as many processes as workers."""
+        s = self.tokens.softhsm.settings
+        tls = ensure_dev_tls(self.setup.directory / "tls")
+        server = BareServer(port=free_port(), cert=tls.directory / "server.crt", key=tls.directory / "server.key",
+                            module=s.module, label=s.label or "", pin=s.pin or "", sessions=self.timing.sessions,
+                            environment=dict(s.environment), workers=self.timing.workers,
+                            log_path=self.setup.directory / "bare.log")
+        log.info("  bare HTTPS server (bench/gw/bare.py) on port %d, %d processes", server.port, len(server.procs))
+        return server
 
     # -- scale -------------------------------------------------------------------
 

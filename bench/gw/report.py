@@ -40,6 +40,14 @@ def case_rows(run: GatewayRun) -> list[list[str]]:
             cpu = run.cpu.get(f"{case.name}@{c}", float("nan"))
             rows.append([case.name, case.token, "gateway", str(c), _num(m.ops_per_s), _ms(m.p50_ms), _ms(m.p99_ms),
                          _num(case.tail(c), 1), f"{case.ratio(c):.2f}", f"{lo:.2f}-{hi:.2f}", _num(cpu, 2)])
+        for c, runs in sorted(case.bare.items()):
+            if not runs:
+                continue
+            m = median_run(runs)
+            cpu = run.cpu.get(f"{case.name}@{c}-bare", float("nan"))
+            rows.append([case.name, case.token, "bare HTTPS server", str(c), _num(m.ops_per_s), _ms(m.p50_ms),
+                         _ms(m.p99_ms), _num(m.p99_ms / m.p50_ms if m.p50_ms else float("nan"), 1),
+                         f"{case.bare_ratio(c):.2f}", "", _num(cpu, 2)])
     return rows
 
 
@@ -272,19 +280,31 @@ def why_missed(run: GatewayRun, ts: list[Target]) -> list[str]:
         out += [
             f"**ECDH at c=16.** The two workers spend {cpu:.2f} ms of CPU per answered request, all threads and the",
             f"token's own work included; the raw loop needs {1000 / raw.ops_per_s:.2f} ms per operation in one process. With",
-            f"two CPUs shared with wrk, {cpu:.2f} ms per request caps the gateway near {2000 / cpu:,.0f} requests/s, whatever",
-            "the token does. Profiles of the workers (`--profile`, and `perf` by DSO) show where it goes: about half the",
-            "CPU is the Python interpreter (aiohttp, the TLS record layer, the HEM handler, the access log line,",
-            "Prometheus counters), a fifth the kernel (socket I/O, the futex wake-ups of handing each token call to a",
-            "worker thread), under a tenth libcrypto (TLS and the ECDH itself) and SoftHSM2. Of the Python time, handing",
-            "the call to the token's thread (`ThreadPoolExecutor.submit` and the wake-up) is the largest single item",
-            "(about 16%). The token is not the limit; the gateway's own work per HTTPS request is. Already removed on",
-            "this path: a key lookup in the token per request (key facts are remembered per process), the audit",
-            "trail's per-record lock and token thread (records are written in batches on their own thread), and a",
-            "point decompression per request. Tried without a change beyond the noise (2-round runs of this case,",
-            "ratios 0.45-0.54 either way): uvloop as the event loop, one or two sessions per worker instead of four,",
-            "request ids without a read of the kernel's random source. Reaching the raw loop would take under 0.6 ms",
-            "of CPU per HTTPS request, the token's ECDH included, on the two cores that wrk shares.",
+            f"two CPUs shared with wrk, {cpu:.2f} ms per request caps the gateway near {2000 / cpu:,.0f} requests/s.",
+        ]
+        if 16 in ecdh.bare and ecdh.bare[16]:
+            bare_cpu = run.cpu.get(f"{HEM_ECDH}@16-bare", float("nan"))
+            out += [
+                "The bare HTTPS server of the same round (`bench/gw/bare.py`: aiohttp over TLS in as many processes,",
+                "JSON in and out, the same adapter call on the token's threads; no bearer check, audit record,",
+                f"access log, metrics or middlewares) reaches {ecdh.bare_ratio(16):.2f} of the raw loop at "
+                f"{bare_cpu:.2f} ms of CPU per request,",
+                f"and the gateway {ecdh.gateway_over_bare(16):.2f} of the bare server. So HTTPS and worker threads in Python on",
+                "these two cores take the first part of the gap, and the gateway's own work per request the rest.",
+                "Profiles of the workers (`--profile`) show that rest spread over the audit record (the append",
+                "under a lock shared with the other worker, its read-back and its MAC in the token), the access",
+                "log line, the request metrics, the bearer check and the middlewares; none is more than a few",
+                "percent of the CPU alone.",
+            ]
+        out += [
+            "Removed on this path so far: a key lookup in the token per request (key facts are remembered per",
+            "process), a point decompression per request, `run_in_executor` for token calls (a lane of worker",
+            "threads answers every call that finished with one wake-up of the event loop), one token MAC per audit",
+            "record (records are hash-chained and each append is sealed by one MAC), the audit append's directory",
+            "listing and read-back while its segment stays the newest, and `labels()` on every metric update.",
+            "Tried without a change beyond the noise: uvloop as the event loop, one or two sessions per worker",
+            "instead of four, request ids without a read of the kernel's random source, a shorter GIL switch",
+            "interval, and ctypes calls that keep the GIL.",
             "",
         ]
     if run.scale is not None and any(w.startswith("HEM derive with") for w in missed):

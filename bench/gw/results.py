@@ -29,10 +29,23 @@ class GatewayCase:
     raw_what: str
     raw: list[Sample] = field(default_factory=list)
     gateway: dict[int, list[WrkResult]] = field(default_factory=dict)
+    # The bare HTTPS server (bench/gw/bare.py) doing the same token call, by concurrency (ECDH only).
+    bare: dict[int, list[WrkResult]] = field(default_factory=dict)
 
     def ratio_rounds(self, concurrency: int) -> list[float]:
         return [g.ops_per_s / r.ops_per_s for g, r in zip(self.gateway.get(concurrency, []), self.raw)
                 if r.ops_per_s > 0]
+
+    def bare_ratio(self, concurrency: int) -> float:
+        """Bare server over the raw loop, median of the rounds."""
+        rounds = [b.ops_per_s / r.ops_per_s for b, r in zip(self.bare.get(concurrency, []), self.raw) if r.ops_per_s > 0]
+        return statistics.median(rounds) if rounds else float("nan")
+
+    def gateway_over_bare(self, concurrency: int) -> float:
+        """Gateway over the bare server, median of the rounds."""
+        rounds = [g.ops_per_s / b.ops_per_s for g, b in zip(self.gateway.get(concurrency, []),
+                                                             self.bare.get(concurrency, [])) if b.ops_per_s > 0]
+        return statistics.median(rounds) if rounds else float("nan")
 
     def ratio(self, concurrency: int) -> float:
         rounds = self.ratio_rounds(concurrency)
@@ -51,7 +64,7 @@ class GatewayCase:
         return run.p99_ms / run.p50_ms if run.p50_ms > 0 else float("nan")
 
     def failed(self) -> int:
-        return sum(r.failed for runs in self.gateway.values() for r in runs)
+        return sum(r.failed for runs in (*self.gateway.values(), *self.bare.values()) for r in runs)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +77,9 @@ class GatewayCase:
             "ratio_rounds": {str(c): self.ratio_rounds(c) for c in sorted(self.gateway)},
             "p99_over_p50": {str(c): self.tail(c) for c in sorted(self.gateway)},
             "failed_requests": self.failed(),
+            "bare": {str(c): {"median": median_run(runs).to_dict(), "rounds": [r.to_dict() for r in runs],
+                              "ratio_vs_raw": self.bare_ratio(c), "gateway_over_bare": self.gateway_over_bare(c)}
+                     for c, runs in sorted(self.bare.items()) if runs},
         }
 
 
