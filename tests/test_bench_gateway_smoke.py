@@ -41,6 +41,11 @@ def test_quick_gateway_bench_writes_every_figure(tmp_path: Path) -> None:
         assert ratio is not None and math.isfinite(ratio) and ratio > 0, (name, ratio)
         assert gateway["cpu_ms_per_request"][f"{name}@4"] > 0, name
 
+    # the bare HTTPS server of the ECDH case, the same token call without the gateway around it
+    bare = cases["gw-hem-ecdh"]["bare"]["4"]
+    assert bare["median"]["requests"] > 0 and bare["ratio_vs_raw"] > 0 and bare["gateway_over_bare"] > 0, bare
+    assert gateway["cpu_ms_per_request"]["gw-hem-ecdh@4-bare"] > 0
+
     memory = gateway["memory"]
     assert set(memory["checkpoints"]) == {"300", "900"}
     for checkpoint, workers in memory["checkpoints"].items():

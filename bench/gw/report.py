@@ -304,7 +304,7 @@ def why_missed(run: GatewayRun, ts: list[Target]) -> list[str]:
             "listing and read-back while its segment stays the newest, and `labels()` on every metric update.",
             "Tried without a change beyond the noise: uvloop as the event loop, one or two sessions per worker",
             "instead of four, request ids without a read of the kernel's random source, a shorter GIL switch",
-            "interval, and ctypes calls that keep the GIL.",
+            "interval, ctypes calls that keep the GIL, and access log lines written in batches.",
             "",
         ]
     if run.scale is not None and any(w.startswith("HEM derive with") for w in missed):
