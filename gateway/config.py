@@ -270,7 +270,7 @@ class HemConfig:
 
 @dataclass(frozen=True)
 class AuditConfig:
-    """``[audit]``: the chained-MAC audit log (gateway/core/audit.py)."""
+    """``[audit]``: the hash-chained, MAC-sealed audit log (gateway/core/audit.py)."""
 
     directory: Path
     token: str | None = None  # token holding the audit MAC key; None: the HEM token, else the first

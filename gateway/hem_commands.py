@@ -70,7 +70,7 @@ def cmd_hem_user_add(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    """Check the audit log's MAC chain with the key in the token; name the first bad record."""
+    """Check the audit log's hash chain and MACs with the key in the token; name the first bad record."""
     from gateway.core.audit import BadRecord, verify_with_token
     from gateway.http.audit import audit_token_name
     from gateway.token import Token
@@ -123,7 +123,7 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     audit = commands.add_parser("audit", help="the audit log", description="Audit log commands.")
     audit_sub = audit.add_subparsers(title="commands", dest="audit_command", required=True, metavar="COMMAND")
     verify = audit_sub.add_parser(
-        "verify", parents=[common], help="check the audit log's MAC chain",
+        "verify", parents=[common], help="check the audit log's hash chain and MACs",
         description="Recompute every record's chained HMAC with the audit key in the token. Prints a summary "
                     "(keep the last seq and MAC elsewhere: removing records from the end shows only against "
                     "such a copy); exit code 1 and the first bad record when the chain is broken.",
