@@ -247,6 +247,7 @@ class AuditLog:
     def mac(self, data: bytes) -> bytes:
         """HMAC-SHA256 with the audit key, in the token (blocking)."""
         from gateway.token import HashAlg
+
         return self.token.hmac(self.key_kid, HashAlg.SHA256, data)
 
     async def record(self, event: AuditEvent) -> int:
