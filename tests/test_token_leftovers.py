@@ -128,9 +128,10 @@ def test_failed_derives_leave_nothing_when_the_token_folder_turns_read_only(
     outside = set(_ids_seen_from_outside(softhsm_dir))
     inside = {k.kid.hex() for k in token.list_keys()}
     # SoftHSM2 itself can lose a key it acknowledged: when the folder turns immutable between
-    # truncating an object file and writing it anew, its buffered writes fail unchecked and the
-    # call still answers CKR_OK.  Nothing above the module can see that without a fresh view per
-    # call, so it is counted, not asserted (docs/reliability.md).
+    # truncating an object file and writing it anew, its writes fail unchecked and the call still
+    # answers CKR_OK.  The adapter reads the new handle back and refuses the call when SoftHSM2
+    # then calls it invalid (every case seen so far); counted, not asserted, in case a write can
+    # fail without that mark (docs/reliability.md).
     unstored = [k for k in made if k not in outside]
     print(f"\n{flips} read-only periods: {len(made)} derives made, {len(failed)} failed {dict(errors)}; "
           f"leftovers swept: {token.leftovers.destroyed}; acknowledged by SoftHSM2 but not stored: {len(unstored)}")
