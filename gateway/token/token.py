@@ -97,6 +97,12 @@ def _der_octets(data: bytes) -> bytes:
     return b"\x04" + bytes([0x80 | len(size)]) + size + data
 
 
+def _not_kept(rv: int) -> TokenRefused:
+    """A new object the token reported created but no longer has (see Token._confirm_stored)."""
+    return TokenRefused("the token reported the new object created but did not keep it "
+                        "(its storage may be read-only); nothing was stored", CKRError(rv, "C_GetAttributeValue").name)
+
+
 # The Token methods that create, change or destroy token objects (see Token.run).
 OBJECT_CHANGING_OPS: Final = frozenset({
     "generate_secret", "generate_keypair", "import_public_key", "import_key_pair", "import_secret",
@@ -701,8 +707,7 @@ class Token:
         probe[0].type, probe[0].pValue, probe[0].ulValueLen = CKA.CLASS, None, 0
         rv = self.module.fn.raw("C_GetAttributeValue")(session, handle, probe, 1)
         if rv in HANDLE_GONE:
-            raise TokenRefused("the token reported the new object created but did not keep it "
-                               "(its storage may be read-only); nothing was stored", CKRError(rv, "C_GetAttributeValue").name)
+            raise _not_kept(rv)
 
     def _created_secret(self, session: int, handle: int, spec: SecretSpec) -> KeyInfo:
         """KeyInfo of a secret key just made from ``spec``: every attribute was set
@@ -719,9 +724,14 @@ class Token:
         return info
 
     def _created(self, session: int, kid: bytes, cls: int, handle: int, public: int | None = None) -> KeyInfo:
-        """KeyInfo of a just-created object, read by handle (no object scan), and cached."""
-        self._confirm_stored(session, handle)
-        info = self._object_info(session, handle)
+        """KeyInfo of a just-created object, read by handle (no object scan), and cached.
+        The read also confirms the token kept the object (see ``_confirm_stored``)."""
+        try:
+            info = self._object_info(session, handle)
+        except CKRError as exc:
+            if exc.rv in HANDLE_GONE:
+                raise _not_kept(exc.rv) from None
+            raise
         if info is None:
             raise TokenRefused("the token did not create the object", "CKR_GENERAL_ERROR")
         self._remember(info, handle)
