@@ -56,6 +56,7 @@ SOFTHSM_LABELS: Final = (
     "adapter", "concurrency", "lookup", "recovery", "spare1", "spare2",
     # one per dialect or service test area, so their key counts stay independent
     "hem", "hem-raw2", "vault", "vault-2", "service", "stress", "leftovers", "staleview", "scangate",
+    "tornread",
 )
 SOFTHSM_PIN: Final = "1234"
 SOFTHSM_SO_PIN: Final = "5678"

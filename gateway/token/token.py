@@ -72,13 +72,26 @@ _KEY_ATTRS = (
 )
 _PROBE_ID = b"gateway-capability-probe"
 _TRUST_SECONDS = 1.0
-_TRANSIENT_TRIES = 5
+# Re-initialisations before giving up on a token file read mid-write: a token logged
+# into 400 times a second still reads torn one time in four or five (docs/reliability.md).
+_REREAD_TRIES = 8
+_OPEN_TRIES = 2
 _TRANSIENT_AT_OPEN = frozenset({CKR.USER_PIN_NOT_INITIALIZED, CKR.GENERAL_ERROR, CKR.FUNCTION_FAILED, CKR.TOKEN_NOT_RECOGNIZED})
 # What SoftHSM2 answers, now and then, when another process deletes objects while this one
 # creates or derives (a torn read of its object files); the same call succeeds when repeated.
 _TRANSIENT_IN_CALL = frozenset({CKR.GENERAL_ERROR, CKR.TEMPLATE_INCONSISTENT})
 CKS_RO_USER_FUNCTIONS = 1
 CKS_RW_USER_FUNCTIONS = 3
+
+
+class _TornRead(TokenUnavailable):
+    """Internal: logging in failed the way a torn read of SoftHSM2's token file fails.
+
+    SoftHSM2 rewrites its token file (truncate, then write) at every login,
+    and a process that reads it meanwhile keeps what it read: read at
+    ``C_Initialize``, a token without a user PIN; read later, no token flags.
+    Only re-initialising the module reads the file again.
+    """
 
 
 class _Gone(Exception):
@@ -136,20 +149,11 @@ class Token:
         # Whether the module DER-wraps CKA_EC_POINT per curve (NSS does not for X25519).
         self._point_der: dict[Curve, bool] = {}
         self.capabilities = Capabilities(frozenset())
-        for attempt in range(_TRANSIENT_TRIES):
-            try:
-                self.pool = self._connect()
-                break
-            except SlotNotFound:
-                if attempt == _TRANSIENT_TRIES - 1:
-                    self.module.release()
-                    raise
-                # SoftHSM2 reads its token directory at C_Initialize only; look again.
-                time.sleep(0.05 * (attempt + 1))
-                self.module.reinitialize(self.module.generation)
-            except BaseException:
-                self.module.release()
-                raise
+        try:
+            self.pool = self._connect_reading_again()
+        except BaseException:
+            self.module.release()
+            raise
         # The threads blocking calls run on (see Token.run); started once the token is there.
         self._lane = Lane(settings.sessions, f"pkcs11-{self.name}")
         # A token that stores objects one at a time gets its object-changing calls on one
@@ -157,6 +161,20 @@ class Token:
         self._writer = Lane(1, f"pkcs11-{self.name}-writer") if self.module.serializes_writes else None
 
     # -- connection, capability detection, recovery ------------------------
+
+    def _connect_reading_again(self, pool: SessionPool | None = None) -> SessionPool:
+        """``_connect``, re-initialising the module while what it read at
+        ``C_Initialize`` shows no such token or a torn token file (SoftHSM2
+        reads its token directory and files then, and keeps what it read)."""
+        for attempt in range(_REREAD_TRIES):
+            try:
+                return self._connect(pool)
+            except (SlotNotFound, _TornRead):
+                if attempt == _REREAD_TRIES - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+                self.module.reinitialize(self.module.generation)
+        raise AssertionError("unreachable")
 
     def _connect(self, pool: SessionPool | None = None, slot: int | None = None) -> SessionPool:
         """Open the first session, log in, detect capabilities.  ``slot`` skips the
@@ -183,7 +201,10 @@ class Token:
                 raise TokenUnavailable(f"token {self.name!r}: login failed, the PIN is incorrect") from None
             if exc.rv == CKR.PIN_LOCKED:
                 raise TokenUnavailable(f"token {self.name!r}: the user PIN is locked") from None
-            raise TokenUnavailable(f"token {self.name!r}: cannot open a session ({exc.name})") from None
+            message = f"token {self.name!r}: cannot open a session ({exc.name})"
+            if exc.rv in _TRANSIENT_AT_OPEN:
+                raise _TornRead(message) from None
+            raise TokenUnavailable(message) from None
         try:
             self.capabilities = self._detect(first.handle, slot)
         finally:
@@ -191,16 +212,15 @@ class Token:
         return pool
 
     def _open_first(self, pool: SessionPool) -> Session:
-        """Open and log in, riding out a torn read: SoftHSM2 keeps each token in
-        files that other processes rewrite, and a process reading one mid-write
-        sees, for a moment, a token without a user PIN or a general error."""
-        for attempt in range(_TRANSIENT_TRIES):
+        """Open and log in; a second try covers a token file caught mid-write by
+        this very call (a stale read needs re-initialising: ``_TornRead``)."""
+        for attempt in range(_OPEN_TRIES):
             try:
                 return pool.open_session()
             except CKRError as exc:
-                if exc.rv not in _TRANSIENT_AT_OPEN or attempt == _TRANSIENT_TRIES - 1:
+                if exc.rv not in _TRANSIENT_AT_OPEN or attempt == _OPEN_TRIES - 1:
                     raise
-                time.sleep(0.05 * (attempt + 1))
+                time.sleep(0.02)
         raise AssertionError("unreachable")
 
     def _detect(self, session: int, slot: int) -> Capabilities:
@@ -339,7 +359,7 @@ class Token:
                 self._handles.clear()
             self._probed = None
             try:
-                self._connect(self.pool)
+                self._connect_reading_again(self.pool)
             except CKRError as exc:
                 raise TokenUnavailable(f"token {self.name!r} is unavailable ({exc.name})") from None
             log.warning("token %s: module re-initialised and logged in again", self.name)

@@ -1,0 +1,79 @@
+"""Opening a token rides out a token file another process is rewriting.
+
+SoftHSM2 rewrites its token file (``token.object``: label, flags, PIN blobs) at every
+C_Login, truncating it before it takes the file lock.  A process that reads it meanwhile,
+as C_Initialize does, keeps what it read: with the file cut before the user PIN it answers
+CKR_USER_PIN_NOT_INITIALIZED to every login until the module is initialised again.
+CI saw it: four processes starting together on one token, one of them could not log in.
+
+Here the file is cut before one of its attributes, as a reader mid-write finds it, and put
+back as soon as the child's first C_Initialize has read it.  The child must open the token
+all the same (by re-initialising the module).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+# CKA_VENDOR_DEFINED | "SI".."SM": SoftHSM2's token attributes, in the order it writes them.
+_ATTRIBUTE = {"label": b"SI", "flags": b"SK", "SO PIN": b"SL", "user PIN": b"SM"}
+_MARK = b"\x00\x00\x00\x00\x80\x00"  # the high bytes of each attribute's type
+
+
+def _token_file(softhsm_dir: Path, label: str) -> Path:
+    padded = label.encode().ljust(32)
+    for path in softhsm_dir.glob("tokens/*/token.object"):
+        if padded in path.read_bytes():
+            return path
+    raise AssertionError(f"no token.object for {label!r} under {softhsm_dir}")
+
+
+@pytest.mark.parametrize("missing", list(_ATTRIBUTE))
+def test_open_rides_out_a_token_file_read_mid_write(softhsm_settings, softhsm_dir: Path, missing: str) -> None:  # type: ignore[no-untyped-def]
+    settings = softhsm_settings("tornread", sessions=1)
+    path = _token_file(softhsm_dir, "tornread")
+    whole = path.read_bytes()
+    cut = whole.index(_MARK + _ATTRIBUTE[missing])
+    script = textwrap.dedent(f"""
+        import json
+        from pathlib import Path
+        from gateway.token import Token, TokenSettings
+        from gateway.token.module import Module
+
+        path, whole = Path({str(path)!r}), {whole!r}
+        path.write_bytes(whole[:{cut}])
+        first_initialize = Module.initialize
+
+        def initialize(self):
+            first_initialize(self)  # the real C_Initialize has read the cut file
+            path.write_bytes(whole)
+            Module.initialize = first_initialize
+
+        Module.initialize = initialize
+        try:
+            token = Token(TokenSettings(name="t", module={settings.module!r}, label={settings.label!r},
+                                        pin={settings.pin!r}, environment={settings.environment!r}, sessions=1))
+            print(json.dumps({{"generation": token.module.generation, "keys": len(token.list_keys())}}))
+            token.close()
+        except Exception as exc:
+            print(json.dumps({{"error": str(exc)}}))
+        finally:
+            if Module.initialize is initialize:  # never called: put the file back here
+                path.write_bytes(whole)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "error" not in answer, f"with the token file cut before the {missing}: {answer['error']}"
+    assert answer["generation"] >= 1, "the module was not initialised again"
+    # The file is whole again: the login that followed rewrote it from a full read.  Its
+    # leading write counter and the flags may have changed; label, serial and PINs must not.
+    after = path.read_bytes()
+    label, flags, pins = (whole.index(_MARK + _ATTRIBUTE[a]) for a in ("label", "flags", "SO PIN"))
+    assert len(after) == len(whole)
+    assert after[label:flags] == whole[label:flags] and after[pins:] == whole[pins:]
