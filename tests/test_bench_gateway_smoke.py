@@ -39,12 +39,16 @@ def test_quick_gateway_bench_writes_every_figure(tmp_path: Path) -> None:
         assert run["requests"] > 0 and run["p50_ms"] > 0 and run["p99_ms"] >= run["p50_ms"], (name, run)
         ratio = case["ratios"]["4"]
         assert ratio is not None and math.isfinite(ratio) and ratio > 0, (name, ratio)
-        assert gateway["cpu_ms_per_request"][f"{name}@4"] > 0, name
+        cpu = gateway["cpu_ms_per_request"]
+        assert cpu[f"{name}@4"] > 0, name
+        # the event loop's share (clock ticks, read a moment apart from the whole)
+        assert 0 < cpu[f"{name}@4:loop"] <= cpu[f"{name}@4"] * 1.1, (name, cpu)
 
     # the bare HTTPS server of the ECDH case, the same token call without the gateway around it
     bare = cases["gw-hem-ecdh"]["bare"]["4"]
     assert bare["median"]["requests"] > 0 and bare["ratio_vs_raw"] > 0 and bare["gateway_over_bare"] > 0, bare
     assert gateway["cpu_ms_per_request"]["gw-hem-ecdh@4-bare"] > 0
+    assert gateway["cpu_ms_per_request"]["gw-hem-ecdh@4-bare:loop"] > 0
 
     memory = gateway["memory"]
     assert set(memory["checkpoints"]) == {"300", "900"}

@@ -33,7 +33,7 @@ from bench.gw import wrk
 from bench.gw.bare import BareServer
 from bench.gw.client import Client, p256_peer, vault_jwt
 from bench.gw.profile import summarize as profile_summary
-from bench.gw.results import GatewayCase, GatewayRun, MemoryResult, ScaleResult, WorkerMemory
+from bench.gw.results import LOOP_THREAD, GatewayCase, GatewayRun, MemoryResult, ScaleResult, WorkerMemory
 from bench.gw.server import GatewayProcess, GatewaySetup, TokenEntry, free_port, make_setup, rss_kib
 from bench.timing import Sample
 from bench.tokens import BenchToken
@@ -72,9 +72,12 @@ class GatewayTokens:
     nss_directory: Path | None
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(pid: int, *, loop_only: bool = False) -> float:
+    """CPU time of process ``pid``, or of its main thread only (the event loop's, in the
+    gateway and the bare server: HTTP, TLS, middlewares and handlers run there)."""
+    path = f"/proc/{pid}/task/{pid}/stat" if loop_only else f"/proc/{pid}/stat"
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        fields = Path(path).read_text().rpartition(")")[2].split()
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -173,11 +176,15 @@ class GatewayBench:
             pids: list[int] | None = None, url: str | None = None) -> wrk.WrkResult:
         pids = self.workers() if pids is None else pids
         before = sum(_cpu_seconds(p) for p in pids)
+        before_loop = sum(_cpu_seconds(p, loop_only=True) for p in pids)
         result = wrk.run(url or load.url, method="POST", body=load.body, bearer=load.bearer, concurrency=concurrency,
                          seconds=seconds or self.timing.seconds, workdir=self.workdir, name=f"{load.name}-{concurrency}")
         if result.requests:
             used = sum(_cpu_seconds(p) for p in pids) - before
-            self.cpu.setdefault(f"{load.name}@{concurrency}{tag}", used / result.requests * 1e3)
+            used_loop = sum(_cpu_seconds(p, loop_only=True) for p in pids) - before_loop
+            key = f"{load.name}@{concurrency}{tag}"
+            self.cpu.setdefault(key, used / result.requests * 1e3)
+            self.cpu.setdefault(f"{key}{LOOP_THREAD}", used_loop / result.requests * 1e3)
         return result
 
     def hem_derive(self) -> Workload:

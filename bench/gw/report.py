@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.gw.cases import HEM_DERIVE, HEM_ECDH
-from bench.gw.results import GatewayRun, median_run
+from bench.gw.results import LOOP_THREAD, GatewayRun, median_run
 from bench.results import median_sample
 
 
@@ -291,6 +291,15 @@ def why_missed(run: GatewayRun, ts: list[Target]) -> list[str]:
                 f"{bare_cpu:.2f} ms of CPU per request,",
                 f"and the gateway {ecdh.gateway_over_bare(16):.2f} of the bare server.",
             ]
+            loop = run.cpu.get(f"{HEM_ECDH}@16{LOOP_THREAD}", float("nan"))
+            bare_loop = run.cpu.get(f"{HEM_ECDH}@16-bare{LOOP_THREAD}", float("nan"))
+            if not (math.isnan(loop) or math.isnan(bare_loop)):
+                out += [
+                    f"Per request, the event-loop threads (HTTP, TLS, middlewares, handlers) use {loop:.2f} ms in the "
+                    f"gateway and {bare_loop:.2f} ms in the bare server;",
+                    f"the other threads (token calls, and in the gateway the audit writer) {cpu - loop:.2f} and "
+                    f"{bare_cpu - bare_loop:.2f} ms.",
+                ]
             out += (["So HTTPS and worker threads in Python are not what stands in the way on these two cores; the gap",
                      "is the gateway's own work per request."] if ecdh.bare_ratio(16) >= 1 else
                     ["So HTTPS and worker threads in Python on these two cores take the first part of the gap, and the",

@@ -181,6 +181,10 @@ class MemoryResult:
         }
 
 
+# Suffix of the ``GatewayRun.cpu`` keys that count the main (event-loop) threads only.
+LOOP_THREAD = ":loop"
+
+
 @dataclass
 class GatewayRun:
     workers: int
@@ -189,7 +193,8 @@ class GatewayRun:
     cases: list[GatewayCase] = field(default_factory=list)
     scale: ScaleResult | None = None
     memory: MemoryResult | None = None
-    cpu: dict[str, float] = field(default_factory=dict)  # case@concurrency -> worker CPU seconds per request
+    # case@concurrency[-bare][:loop] -> CPU milliseconds per request, all threads or the event loop's
+    cpu: dict[str, float] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
 
     def case(self, name: str) -> GatewayCase | None:
