@@ -188,7 +188,10 @@ def markdown(run: GatewayRun, md_table: Any) -> list[str]:
         parts += ["", f"Ratio {high:,}/{low:,}: " + ", ".join(
             f"gateway with {w} worker{'s' if w > 1 else ''} {s.ratio(w):.2f}" for w in s.workers)
             + f", raw loop {s.raw_ratio():.2f}.", "",
-            "Why two workers lose here and one does not: SoftHSM2 re-reads its whole token folder (lists it and",
+            "The windows of one level run back to back and the machine's load changes between them, so a",
+            "ratio moves from run to run (with 2 workers from 0.49 to 1.15 on 2026-12-03); the windows column",
+            "shows the spread within a run.",
+            "What two workers pay and one does not: SoftHSM2 re-reads its whole token folder (lists it and",
             "stats every file, two per object) the first time a process touches a token object after another",
             "process changed the token, under a lock that holds up the process's other token calls. Measured in this",
             "run (the raw process reads one attribute of a key whose handle it holds, right after the benchmark",
