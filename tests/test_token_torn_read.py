@@ -8,12 +8,14 @@ CI saw it: four processes starting together on one token, one of them could not 
 
 Here the file is cut before one of its attributes, as a reader mid-write finds it, and put
 back as soon as the child's first C_Initialize has read it.  The child must open the token
-all the same (by re-initialising the module).
+all the same (by re-initialising the module).  And between our own processes the tear should
+not happen at all: logins and token-info reads take turns (tokenfile.py).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -77,3 +79,37 @@ def test_open_rides_out_a_token_file_read_mid_write(softhsm_settings, softhsm_di
     label, flags, pins = (whole.index(_MARK + _ATTRIBUTE[a]) for a in ("label", "flags", "SO PIN"))
     assert len(after) == len(whole)
     assert after[label:flags] == whole[label:flags] and after[pins:] == whole[pins:]
+
+
+def test_logins_wait_for_the_token_file_lock(softhsm_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Our processes keep each other from reading the token file mid-write: whoever logs in
+    (or reads the token's info) holds one lock per token folder (tokenfile.py)."""
+    import fcntl
+    import time
+
+    from gateway.token.tokenfile import TokenFileLock
+
+    settings = softhsm_settings("tornread", sessions=1)
+    lock = TokenFileLock.for_softhsm(settings.environment)
+    assert lock.path is not None
+    script = textwrap.dedent(f"""
+        import time
+        from gateway.token import Token, TokenSettings
+        token = Token(TokenSettings(name="t", module={settings.module!r}, label={settings.label!r},
+                                    pin={settings.pin!r}, environment={settings.environment!r}, sessions=1))
+        print(time.time())
+        token.close()
+    """)
+    fd = os.open(lock.path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        assert child.poll() is None, "the token opened while another process held the token file lock"
+        released = time.time()
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        out, _ = child.communicate(timeout=60)
+    finally:
+        os.close(fd)
+    assert child.returncode == 0
+    assert float(out.strip().splitlines()[-1]) >= released

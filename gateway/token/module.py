@@ -12,6 +12,7 @@ from ..errors import ConfigError, TokenUnavailable
 from .cki import CK_C_INITIALIZE_ARGS, CK_INFO, CK_TOKEN_INFO, CKRError, FunctionList
 from .constants import CKF_OS_LOCKING_OK, CKR
 from .scangate import ScanGate
+from .tokenfile import TokenFileLock
 
 
 class SlotNotFound(TokenUnavailable):
@@ -37,6 +38,9 @@ class Module:
         self.generation = 0
         self.initialized = False
         self.users = 0  # open Tokens on this module; the last one to close finalises it
+        # Around the calls that read or rewrite SoftHSM2's token file (tokenfile.py); known
+        # to be needed only once C_GetInfo has named the module.
+        self.token_file = TokenFileLock(None)
         for key, value in self.environment.items():
             os.environ[key] = value
         try:
@@ -51,6 +55,7 @@ class Module:
         self.description = info.libraryDescription.decode(errors="replace").strip()
         if self.rereads_on_other_processes_writes:
             self.fn.gate = ScanGate.for_softhsm(self.environment)
+            self.token_file = TokenFileLock.for_softhsm(self.environment)
 
     @property
     def hides_other_processes_objects(self) -> bool:
@@ -76,7 +81,8 @@ class Module:
         args.flags = CKF_OS_LOCKING_OK
         self._reserved = ctypes.create_string_buffer(self.init_args.encode()) if self.init_args else None
         args.pReserved = ctypes.cast(self._reserved, ctypes.c_void_p) if self._reserved else None
-        rv = self.fn.raw("C_Initialize")(byref(args))
+        with self.token_file.held():
+            rv = self.fn.raw("C_Initialize")(byref(args))
         if rv not in (CKR.OK, CKR.CRYPTOKI_ALREADY_INITIALIZED):
             raise TokenUnavailable(
                 f"PKCS#11 module {self.path} failed to initialise: {CKRError(rv, 'C_Initialize').name}"
@@ -103,7 +109,8 @@ class Module:
 
     def token_info(self, slot: int) -> CK_TOKEN_INFO:
         info = CK_TOKEN_INFO()
-        self.fn("C_GetTokenInfo", slot, byref(info))
+        with self.token_file.held():
+            self.fn("C_GetTokenInfo", slot, byref(info))
         return info
 
     def find_slot(self, label: str | None, serial: str | None) -> tuple[int, CK_TOKEN_INFO]:

@@ -57,6 +57,15 @@ def softhsm_token_dir(environment: dict[str, str]) -> str | None:
     return None
 
 
+def softhsm_lock_path(environment: dict[str, str], suffix: str) -> Path | None:
+    """A lock file shared by every process on the same SoftHSM2 token folder (None: folder unknown)."""
+    folder = softhsm_token_dir(environment)
+    if folder is None:
+        return None
+    digest = hashlib.sha256(folder.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"pkcs11-gateway-{digest}{suffix}.lock"
+
+
 class _ThreadFds:
     """One thread's lock descriptors, closed when the thread ends (its thread-local goes)."""
 
@@ -89,13 +98,11 @@ class ScanGate:
 
     @classmethod
     def for_softhsm(cls, environment: dict[str, str]) -> ScanGate:
-        folder = softhsm_token_dir(environment)
-        if folder is None:
+        path = softhsm_lock_path(environment, "")
+        if path is None:
             log.warning("SoftHSM2's token folder is unknown (no readable softhsm2.conf): object scans are not "
                         "kept apart from other processes' writes")
-            return cls(None)
-        digest = hashlib.sha256(folder.encode()).hexdigest()[:16]
-        return cls(Path(tempfile.gettempdir()) / f"pkcs11-gateway-{digest}.lock")
+        return cls(path)
 
     def _open(self) -> tuple[int, int] | None:
         if self.lock_path is None:

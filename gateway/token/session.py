@@ -50,8 +50,10 @@ class SessionPool:
         handle = ctypes.c_ulong()
         self.module.fn("C_OpenSession", self.slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, None, None, byref(handle))
         if self.login_required and self._pin is not None:
-            # Login is per application; later sessions see USER_ALREADY_LOGGED_IN.
-            rv = self.module.fn.raw("C_Login")(handle.value, CKU_USER, self._pin, len(self._pin))
+            # Login is per application; later sessions see USER_ALREADY_LOGGED_IN.  A login
+            # rewrites SoftHSM2's token file (tokenfile.py).
+            with self.module.token_file.held():
+                rv = self.module.fn.raw("C_Login")(handle.value, CKU_USER, self._pin, len(self._pin))
             if rv not in (CKR.OK, CKR.USER_ALREADY_LOGGED_IN):
                 self.module.fn.raw("C_CloseSession")(handle.value)
                 raise CKRError(rv, "C_Login")
