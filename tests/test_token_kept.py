@@ -11,19 +11,16 @@ must refuse it.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import pytest
 
 from gateway.errors import TokenRefused
-from gateway.token import SecretSpec, SecretType, Token, TokenSet, Usage
+from gateway.token import SecretSpec, SecretType, Token, Usage
 
 
-@pytest.fixture(scope="module")
-def token(softhsm_settings: object) -> Iterator[Token]:
-    tokens = TokenSet.open([softhsm_settings("spare2", name="kept")])  # type: ignore[operator]
-    yield tokens["kept"]
-    tokens.close()
+@pytest.fixture
+def token(softhsm_token: Token) -> Token:
+    return softhsm_token  # the shared adapter token (token_fixtures.py)
 
 
 def test_an_object_gone_right_after_creation_is_refused(token: Token) -> None:

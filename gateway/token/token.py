@@ -23,6 +23,7 @@ from typing import Any, Callable, Final, Iterable, TypeVar
 from ..errors import AlreadyExists, InvalidInput, NotFound, TokenRefused, TokenUnavailable, Unsupported
 from .capabilities import DIGEST_MECHANISMS, ECDH_KDF_VALUES, HMAC_MECHANISMS, Capabilities
 from .cki import (
+    CK_ATTRIBUTE,
     CK_ECDH1_DERIVE_PARAMS,
     CK_GCM_PARAMS,
     CK_HKDF_PARAMS,
@@ -88,9 +89,9 @@ class _TornRead(TokenUnavailable):
     """Internal: logging in failed the way a torn read of SoftHSM2's token file fails.
 
     SoftHSM2 rewrites its token file (truncate, then write) at every login,
-    and a process that reads it meanwhile keeps what it read: read at
-    ``C_Initialize``, a token without a user PIN; read later, no token flags.
-    Only re-initialising the module reads the file again.
+    and a process that reads it meanwhile keeps what it read until the module
+    is initialised again: a token without a user PIN or without flags, or one
+    marked broken (see tokenfile.py, which keeps our own processes apart).
     """
 
 
@@ -506,8 +507,6 @@ class Token:
     def _attrs(self, session: int, handle: int, types: Iterable[int]) -> dict[int, bytes | None]:
         """Read attributes; ones the object lacks or keeps secret come back None."""
         types = tuple(types)
-        from .cki import CK_ATTRIBUTE
-
         arr = (CK_ATTRIBUTE * len(types))()
         for i, t in enumerate(types):
             arr[i].type, arr[i].pValue, arr[i].ulValueLen = t, None, 0
@@ -568,8 +567,6 @@ class Token:
 
     def _read_one(self, session: int, handle: int, attr_type: int, size: int) -> bytes | None:
         """One attribute in one call when it fits ``size`` bytes (two otherwise)."""
-        from .cki import CK_ATTRIBUTE
-
         buf = ctypes.create_string_buffer(size)
         attr = CK_ATTRIBUTE(attr_type, ctypes.addressof(buf), size)
         rv = self.module.fn.raw("C_GetAttributeValue")(session, handle, byref(attr), 1)
@@ -721,8 +718,6 @@ class Token:
         the folder flipped read-only every 50 ms, both caught this way; none of
         the others was missing).  One call, no value read.
         """
-        from .cki import CK_ATTRIBUTE
-
         probe = (CK_ATTRIBUTE * 1)()
         probe[0].type, probe[0].pValue, probe[0].ulValueLen = CKA.CLASS, None, 0
         rv = self.module.fn.raw("C_GetAttributeValue")(session, handle, probe, 1)
