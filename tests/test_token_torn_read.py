@@ -113,3 +113,32 @@ def test_logins_wait_for_the_token_file_lock(softhsm_settings, tmp_path: Path) -
         os.close(fd)
     assert child.returncode == 0
     assert float(out.strip().splitlines()[-1]) >= released
+
+
+def test_a_token_without_a_user_pin_says_so(tmp_path: Path) -> None:
+    """Where every re-initialisation reads the same missing user PIN, the error says how to fix it."""
+    import shutil
+
+    from tests.tokens import SOFTHSM_MODULE
+
+    if shutil.which("pkcs11-tool") is None:
+        pytest.skip("pkcs11-tool (opensc) is not installed")
+    (tmp_path / "tokens").mkdir()
+    conf = tmp_path / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tmp_path / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    env = {**os.environ, "SOFTHSM2_CONF": str(conf)}
+    # pkcs11-tool initialises a token without a user PIN unless told --init-pin
+    subprocess.run(["pkcs11-tool", "--module", SOFTHSM_MODULE, "--init-token", "--label", "nopin", "--so-pin", "5678"],
+                   env=env, capture_output=True, timeout=60, check=True)
+    script = textwrap.dedent(f"""
+        from gateway.errors import TokenUnavailable
+        from gateway.token import Token, TokenSettings
+        try:
+            Token(TokenSettings(name="nopin", module={SOFTHSM_MODULE!r}, label="nopin", pin="1234",
+                                environment={{"SOFTHSM2_CONF": {str(conf)!r}}}, sessions=1))
+        except TokenUnavailable as exc:
+            print(type(exc).__name__, exc)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.startswith("TokenUnavailable "), done.stdout + done.stderr
+    assert "CKR_USER_PIN_NOT_INITIALIZED" in done.stdout and "set one (C_InitPIN" in done.stdout

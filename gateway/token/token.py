@@ -170,8 +170,10 @@ class Token:
         for attempt in range(_REREAD_TRIES):
             try:
                 return self._connect(pool)
-            except (SlotNotFound, _TornRead):
+            except (SlotNotFound, _TornRead) as exc:
                 if attempt == _REREAD_TRIES - 1:
+                    if isinstance(exc, _TornRead):
+                        raise TokenUnavailable(exc.message) from None
                     raise
                 time.sleep(0.05 * (attempt + 1))
                 self.module.reinitialize(self.module.generation)
@@ -203,6 +205,10 @@ class Token:
             if exc.rv == CKR.PIN_LOCKED:
                 raise TokenUnavailable(f"token {self.name!r}: the user PIN is locked") from None
             message = f"token {self.name!r}: cannot open a session ({exc.name})"
+            if exc.rv == CKR.USER_PIN_NOT_INITIALIZED:
+                # Seen to the end only after every re-initialisation read the same (_connect_reading_again).
+                message += ("; the token reports no user PIN: set one (C_InitPIN; softhsm2-util --init-token "
+                            "sets it), unless another process kept rewriting the token's files meanwhile")
             if exc.rv in _TRANSIENT_AT_OPEN:
                 raise _TornRead(message) from None
             raise TokenUnavailable(message) from None
