@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.core.audit import AuditEvent, AuditLog, AuditResult, BadRecord, VerifySummary, segment_ids, verify, verify_with_token
+from gateway.core.audit import (_TAIL_BYTES, AuditEvent, AuditLog, AuditResult, BadRecord, VerifySummary, _last_record, segment_ids,
+                                verify, verify_with_token)
 from gateway.token import HashAlg, Token, TokenSet
 from gateway.token.settings import TokenSettings
 
@@ -236,3 +237,31 @@ async def test_two_writers_taking_turns_across_segments_keep_one_chain(token: To
     assert len(segment_ids(tmp_path)) >= 5
     result = await token.run(verify_with_token, tmp_path, token)
     assert isinstance(result, VerifySummary) and result.records == 45 and result.last_seq == 45
+
+
+
+async def test_the_longest_record_is_read_back_by_the_other_writer(token: Token, tmp_path: Path) -> None:
+    """An append after another writer's reads only the end of the file back (``_TAIL_BYTES``):
+    the longest record the log writes fits in it many times over."""
+    logs = [await open_log(token, tmp_path), await open_log(token, tmp_path)]
+    longest = AuditEvent(event="KEY_DERIVE", code=26, result=AuditResult.ERROR, status=400,
+                         subject="U:" + "\u00e9" * 300, kids=tuple(f"{i:032x}" for i in range(20)),
+                         request_id="r" * 300, dialect="hem", detail="\u00e9" * 500)
+    logs[0]._append_batch([longest] * 2)
+    path = tmp_path / f"{segment_ids(tmp_path)[0]}.log"
+    assert max(len(line) for line in path.read_bytes().splitlines()) * 2 < _TAIL_BYTES
+    logs[1]._append_batch([event(3)])
+    assert [r["seq"] for _, _, r in lines(tmp_path)] == [1, 2, 3]
+    result = await token.run(verify_with_token, tmp_path, token)
+    assert isinstance(result, VerifySummary) and result.records == 3
+
+
+@pytest.mark.parametrize("lines_before", [0, 1, 3])
+def test_a_last_line_longer_than_the_tail_read_is_read_whole(tmp_path: Path, lines_before: int) -> None:
+    path = tmp_path / "00000001.log"
+    long = {"seq": lines_before + 1, "hash": "ab" * 32, "pad": "x" * (3 * _TAIL_BYTES)}
+    path.write_bytes(b"".join(json.dumps({"seq": i + 1}).encode() + b"\n" for i in range(lines_before))
+                     + json.dumps(long).encode() + b"\n")
+    assert _last_record(path) == long
+    path.write_bytes(b"")
+    assert _last_record(path) is None

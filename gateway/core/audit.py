@@ -54,7 +54,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -62,6 +61,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from gateway.core.system_keys import ensure_system_key, find_system_key
 from gateway.errors import NotFound, Unsupported
+from gateway.token.lanes import Lane
 
 if TYPE_CHECKING:
     from gateway.token import Token
@@ -74,7 +74,7 @@ DEFAULT_SEGMENT_BYTES: Final = 1 << 20
 SEGMENT_RE: Final = re.compile(r"[0-9a-f]{8}")
 MAX_DETAIL_CHARS: Final = 256
 MAX_KIDS: Final = 8
-_TAIL_BYTES: Final = 16384
+_TAIL_BYTES: Final = 8192  # twice the longest record (non-ASCII subject and detail)
 _LOCK_NAME: Final = ".lock"
 
 MacFunction = Callable[[bytes], bytes]
@@ -184,16 +184,24 @@ def segment_ids(directory: Path) -> list[str]:
 
 
 def _last_record(path: Path) -> dict[str, Any] | None:
-    """The last complete line of a segment, parsed (None for an empty file)."""
+    """The last complete line of a segment, parsed (None for an empty file).
+
+    Read on every append after another process's, so only the end of the file
+    is read: a record is well under ``_TAIL_BYTES``, and a longer line is read whole.
+    """
     with path.open("rb") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        f.seek(max(0, size - _TAIL_BYTES))
-        tail = f.read()
-    tail = tail.rstrip()
+        size = f.seek(0, os.SEEK_END)
+        start = max(0, size - _TAIL_BYTES)
+        while True:
+            f.seek(start)
+            tail = f.read().rstrip()
+            cut = tail.rfind(b"\n")
+            if cut >= 0 or start == 0:
+                break
+            start = max(0, start - 8 * _TAIL_BYTES)
     if not tail:
         return None
-    record = json.loads(tail[tail.rfind(b"\n") + 1:])
+    record = json.loads(tail[cut + 1:])
     if not isinstance(record, dict):
         raise ValueError(f"{path}: the last line is not a JSON object")
     return record
@@ -224,7 +232,7 @@ class AuditLog:
         # Group commit (see the module docstring): events waiting for the writer task.
         self._queue: list[tuple[AuditEvent, asyncio.Future[int]]] = []
         self._writer: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
+        self._writer_thread = Lane(1, "audit")
         self._tail: _Tail | None = None  # where this process's last append ended
 
     @classmethod
@@ -239,7 +247,7 @@ class AuditLog:
         return cls(directory, token, info.kid, **kwargs)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        self._writer_thread.close()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
@@ -262,11 +270,10 @@ class AuditLog:
         return await written
 
     async def _write_queued(self) -> None:
-        loop = asyncio.get_running_loop()
         while self._queue:
             batch, self._queue = self._queue, []
             try:
-                seqs = await loop.run_in_executor(self._executor, self._append_batch, [e for e, _ in batch])
+                seqs = await self._writer_thread.run(functools.partial(self._append_batch, [e for e, _ in batch]))
             except Exception as exc:  # noqa: BLE001 - every waiting caller gets it
                 for _, written in batch:
                     if not written.done():
@@ -288,24 +295,27 @@ class AuditLog:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
                 path, prev, seq = self._where_to_append()
-                bodies: list[dict[str, Any]] = []
+                first = seq
+                lines: list[bytes] = []
                 for event in events:
-                    body = event.body(seq)
-                    prev = chain_hash(prev, body)
-                    body["hash"] = prev.hex()
-                    bodies.append(body)
+                    record = canonical(event.body(seq))
+                    prev = hashlib.sha256(prev + record).digest()
+                    # The stored line is the canonical record with its hash (and the seal) added
+                    # at the end: verify re-canonicalises, so key order there does not matter,
+                    # and the record is serialised once.
+                    lines.append(record[:-1] + b',"hash":"' + prev.hex().encode("ascii") + b'"')
                     seq += 1
-                bodies[-1]["mac"] = self.mac(prev).hex()  # the seal covers the whole append
+                lines[-1] += b',"mac":"' + self.mac(prev).hex().encode("ascii") + b'"'  # the seal covers the whole append
                 self._tail = None  # until the write is known to be whole
                 fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
                 try:
-                    os.write(fd, b"".join(canonical(body) + b"\n" for body in bodies))
+                    os.write(fd, b"}\n".join(lines) + b"}\n")
                     written = os.fstat(fd)
                 finally:
                     os.close(fd)
                 if written.st_size < self.segment_bytes:
                     self._tail = _Tail(path, written.st_ino, written.st_size, prev, seq)
-                return [int(body["seq"]) for body in bodies]
+                return list(range(first, seq))
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
