@@ -37,6 +37,7 @@ from bench.gw.results import LOOP_THREAD, GatewayCase, GatewayRun, MemoryResult,
 from bench.gw.server import GatewayProcess, GatewaySetup, TokenEntry, free_port, make_setup, rss_kib
 from bench.timing import Sample
 from bench.tokens import BenchToken
+from gateway.logs import ACCESS_FLUSH_SECONDS
 from gateway.tls import ensure_dev_tls
 
 log = logging.getLogger("bench")
@@ -398,6 +399,7 @@ class GatewayBench:
     def _requests_per_worker(self) -> dict[int, int]:
         """Answered requests per worker pid, from the access log of the current gateway."""
         assert self.process is not None
+        time.sleep(ACCESS_FLUSH_SECONDS + 0.5)  # the workers hold access lines back that long
         counts: Counter[int] = Counter()
         with self.process.log_path.open("rb") as f:
             for line in f:

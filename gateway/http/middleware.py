@@ -41,10 +41,10 @@ from gateway import errors
 from gateway.config import ServerConfig
 from gateway.core import metrics
 from gateway.http.errors import Dialect, status_for
-from gateway.logs import REQUEST_ID
+from gateway.logs import ACCESS_LOGGER, REQUEST_ID
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("gateway.access")
+access_log = logging.getLogger(ACCESS_LOGGER)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

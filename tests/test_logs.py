@@ -1,0 +1,75 @@
+"""The process log handler: access lines are held back briefly and written together; nothing else waits."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from gateway.logs import ACCESS_FLUSH_SECONDS, ACCESS_HOLD_BYTES, ACCESS_LOGGER, JsonFormatter, LineHandler
+
+
+@pytest.fixture()
+def handler() -> Iterator[tuple[LineHandler, io.StringIO]]:
+    stream = io.StringIO()
+    handler = LineHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    yield handler, stream
+    handler.close()
+
+
+def record(logger: str, message: str, level: int = logging.INFO) -> logging.LogRecord:
+    return logging.LogRecord(logger, level, __file__, 1, message, None, None)
+
+
+def messages(stream: io.StringIO) -> list[str]:
+    return [json.loads(line)["msg"] for line in stream.getvalue().splitlines()]
+
+
+def test_access_lines_wait_and_any_other_record_writes_them_first(handler: tuple[LineHandler, io.StringIO]) -> None:
+    h, stream = handler
+    h.handle(record(ACCESS_LOGGER, "GET /a 200"))
+    h.handle(record(ACCESS_LOGGER, "GET /b 200"))
+    assert stream.getvalue() == ""
+    h.handle(record("gateway.server", "listening"))
+    assert messages(stream) == ["GET /a 200", "GET /b 200", "listening"]
+
+
+def test_an_access_warning_is_not_held(handler: tuple[LineHandler, io.StringIO]) -> None:
+    h, stream = handler
+    h.handle(record(ACCESS_LOGGER, "GET /a 200"))
+    h.handle(record(ACCESS_LOGGER, "odd", logging.WARNING))
+    assert messages(stream) == ["GET /a 200", "odd"]
+
+
+def test_held_lines_are_written_within_the_flush_interval(handler: tuple[LineHandler, io.StringIO]) -> None:
+    h, stream = handler
+    h.handle(record(ACCESS_LOGGER, "GET /a 200"))
+    deadline = time.monotonic() + ACCESS_FLUSH_SECONDS + 2.0
+    while not stream.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert messages(stream) == ["GET /a 200"]
+    # and again after the flusher went back to waiting
+    h.handle(record(ACCESS_LOGGER, "GET /b 200"))
+    deadline = time.monotonic() + ACCESS_FLUSH_SECONDS + 2.0
+    while len(messages(stream)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert messages(stream) == ["GET /a 200", "GET /b 200"]
+
+
+def test_a_full_hold_is_written_at_once_and_close_writes_the_rest(handler: tuple[LineHandler, io.StringIO]) -> None:
+    h, stream = handler
+    path = "/" + "p" * 1000
+    count = 0
+    while not stream.getvalue():
+        h.handle(record(ACCESS_LOGGER, f"GET {path} {count}"))
+        count += 1
+        assert count * len(path) < 2 * ACCESS_HOLD_BYTES
+    assert len(messages(stream)) == count
+    h.handle(record(ACCESS_LOGGER, "GET /last 200"))
+    h.close()
+    assert messages(stream)[-1] == "GET /last 200"
