@@ -265,3 +265,17 @@ def test_a_last_line_longer_than_the_tail_read_is_read_whole(tmp_path: Path, lin
     assert _last_record(path) == long
     path.write_bytes(b"")
     assert _last_record(path) is None
+
+
+async def test_a_segment_moved_away_is_not_appended_to(token: Token, tmp_path: Path) -> None:
+    """The log keeps its segment open between appends, but looks the path up again each time:
+    a segment an operator moved away (archived) stays as it was."""
+    log = await open_log(token, tmp_path / "log")
+    log._append_batch([event(1)])
+    moved = tmp_path / "archived.log"
+    (tmp_path / "log" / f"{segment_ids(tmp_path / 'log')[0]}.log").rename(moved)
+    before = moved.read_bytes()
+    log._append_batch([event(2)])
+    assert moved.read_bytes() == before
+    assert [r["seq"] for _, _, r in lines(tmp_path / "log")] == [1]  # a new log, as after any removal
+    log.close()

@@ -183,28 +183,37 @@ def segment_ids(directory: Path) -> list[str]:
     return sorted(n[:-4] for n in names if n.endswith(".log") and SEGMENT_RE.fullmatch(n[:-4]))
 
 
-def _last_record(path: Path) -> dict[str, Any] | None:
-    """The last complete line of a segment, parsed (None for an empty file).
+def _last_line(fd: int, size: int) -> dict[str, Any] | None:
+    """The last complete line of the ``size`` bytes open at ``fd``, parsed (None when empty).
 
     Read on every append after another process's, so only the end of the file
-    is read: a record is well under ``_TAIL_BYTES``, and a longer line is read whole.
+    is read, with one ``pread``: a record is well under ``_TAIL_BYTES``, and a
+    longer line is read whole.
     """
-    with path.open("rb") as f:
-        size = f.seek(0, os.SEEK_END)
-        start = max(0, size - _TAIL_BYTES)
-        while True:
-            f.seek(start)
-            tail = f.read().rstrip()
-            cut = tail.rfind(b"\n")
-            if cut >= 0 or start == 0:
-                break
-            start = max(0, start - 8 * _TAIL_BYTES)
+    start = max(0, size - _TAIL_BYTES)
+    while True:
+        tail = os.pread(fd, size - start, start).rstrip()
+        cut = tail.rfind(b"\n")
+        if cut >= 0 or start == 0:
+            break
+        start = max(0, start - 8 * _TAIL_BYTES)
     if not tail:
         return None
     record = json.loads(tail[cut + 1:])
     if not isinstance(record, dict):
-        raise ValueError(f"{path}: the last line is not a JSON object")
+        raise ValueError("the last line is not a JSON object")
     return record
+
+
+def _last_record(path: Path) -> dict[str, Any] | None:
+    """The last complete line of a segment, parsed (None for an empty file)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _last_line(fd, os.fstat(fd).st_size)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -212,6 +221,7 @@ class _Tail:
     """The end of this process's last append: enough to append again without reading back."""
 
     path: Path
+    fd: int  # the segment, kept open for the next append (closed with the log or the segment)
     inode: int
     size: int
     prev: bytes  # the chain value of the last record
@@ -248,6 +258,9 @@ class AuditLog:
 
     def close(self) -> None:
         self._writer_thread.close()
+        with self._lock:
+            self._close_segment(self._tail)
+            self._tail = None
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
@@ -306,15 +319,23 @@ class AuditLog:
                     lines.append(record[:-1] + b',"hash":"' + prev.hex().encode("ascii") + b'"')
                     seq += 1
                 lines[-1] += b',"mac":"' + self.mac(prev).hex().encode("ascii") + b'"'  # the seal covers the whole append
-                self._tail = None  # until the write is known to be whole
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                data = b"}\n".join(lines) + b"}\n"
+                tail, self._tail = self._tail, None  # until the write is known to be whole
+                if tail is not None and tail.path == path:
+                    fd = tail.fd
+                else:
+                    self._close_segment(tail)
+                    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)  # read too: see _where_to_append
                 try:
-                    os.write(fd, b"}\n".join(lines) + b"}\n")
+                    os.write(fd, data)
                     written = os.fstat(fd)
-                finally:
+                except BaseException:
                     os.close(fd)
+                    raise
                 if written.st_size < self.segment_bytes:
-                    self._tail = _Tail(path, written.st_ino, written.st_size, prev, seq)
+                    self._tail = _Tail(path, fd, written.st_ino, written.st_size, prev, seq)
+                else:
+                    os.close(fd)  # full: the next append starts a new segment
                 return list(range(first, seq))
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -326,6 +347,8 @@ class AuditLog:
             # Only the newest segment grows, and a newer one starts only once it is full.
             # So the segment of our last append, if not full, is still the newest: no
             # directory listing.  If nobody appended since (same size), not even a read.
+            # The path is looked up again (not the open descriptor) because a segment
+            # moved away or replaced must not be appended to.
             try:
                 now = os.stat(tail.path)
             except FileNotFoundError:
@@ -334,9 +357,11 @@ class AuditLog:
                 if now.st_size == tail.size:
                     return tail.path, tail.prev, tail.seq
                 if now.st_size < self.segment_bytes:
-                    last = _last_record(tail.path)
+                    last = _last_line(tail.fd, now.st_size)
                     if last is not None:
                         return tail.path, chain_value(last), int(last["seq"]) + 1
+            self._tail = None
+            self._close_segment(tail)
         path, last = self._current_segment()
         if last is not None:
             return path, chain_value(last), int(last["seq"]) + 1
@@ -345,6 +370,11 @@ class AuditLog:
         if previous is not None:
             return path, chain_value(previous), int(previous["seq"]) + 1
         return path, GENESIS, 1
+
+    @staticmethod
+    def _close_segment(tail: _Tail | None) -> None:
+        if tail is not None:
+            os.close(tail.fd)
 
     def _current_segment(self) -> tuple[Path, dict[str, Any] | None]:
         ids = segment_ids(self.directory)
