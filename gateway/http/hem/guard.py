@@ -105,9 +105,9 @@ def _event_for(status: int, event: LogType) -> LogType:
 def _count(event: LogType, status: int) -> None:
     """Failed logins not answered 401.  Every 401 is counted where it is answered
     (gateway.http.errors) and derived keys where they are made (the core)."""
-    from gateway.core import metrics
-
     if status != 401 and event is LogType.AUTH_FAILED_INTERNAL:
+        from gateway.core import metrics  # here, not per request: it is rare
+
         metrics.auth_failures.labels(dialect="hem").inc()
 
 
