@@ -5,6 +5,7 @@ Token.run goes through a lane in every token test."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 
@@ -109,5 +110,17 @@ def test_one_lane_serves_event_loops_one_after_another() -> None:
 
         for i in range(3):
             assert asyncio.run(ask(i)) == i * 10
+    finally:
+        lane.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
+async def test_lane_threads_do_not_preempt_the_event_loop_on_wake_up() -> None:
+    """Lane threads run under SCHED_BATCH (see ``_mildly_disfavoured``); the caller's thread is untouched."""
+    lane = Lane(2, "test")
+    try:
+        policies = await asyncio.gather(*(lane.run(lambda: os.sched_getscheduler(0)) for _ in range(8)))
+        assert set(policies) == {os.SCHED_BATCH}
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER
     finally:
         lane.close()

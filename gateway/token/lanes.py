@@ -19,6 +19,7 @@ call whose caller went away is dropped.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import weakref
 from collections import deque
@@ -64,6 +65,25 @@ class _Answers:
                 future.set_exception(error)
 
 
+def _mildly_disfavoured() -> None:
+    """Put the calling thread under Linux's SCHED_BATCH policy (elsewhere: nothing).
+
+    Handing a call over wakes a lane thread while the event loop thread still
+    holds the interpreter lock.  Under the default policy the woken thread,
+    having slept, preempts the event loop thread on a busy CPU, runs until it
+    needs the lock, and blocks again: two context switches for nothing, on
+    every call.  SCHED_BATCH threads do not preempt on wake-up; they run on an
+    idle CPU at once, or when the event loop thread next blocks (and so lets
+    go of the lock).  Measured (``gw-hem-ecdh``, c=16, two workers): 5.8 to
+    3.0 context switches per request.  No privilege is needed to lower one's
+    own policy.
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux, or refused by a sandbox
+        pass
+
+
 class Lane:
     """``threads`` worker threads taking blocking calls in arrival order."""
 
@@ -88,6 +108,7 @@ class Lane:
         return future
 
     def _work(self) -> None:
+        _mildly_disfavoured()
         jobs = self._jobs
         while True:
             job = jobs.get()
