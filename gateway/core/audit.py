@@ -166,7 +166,11 @@ def chain_input(prev: bytes, record: dict[str, Any]) -> bytes:
 
 def chain_hash(prev: bytes, record: dict[str, Any]) -> bytes:
     """The ``hash`` of ``record`` (without its ``hash`` and ``mac``) after chain value ``prev``."""
-    return hashlib.sha256(chain_input(prev, record)).digest()
+    return _chain(prev, canonical(record))
+
+
+def _chain(prev: bytes, canonical_record: bytes) -> bytes:
+    return hashlib.sha256(prev + canonical_record).digest()
 
 
 def chain_value(record: dict[str, Any]) -> bytes:
@@ -312,7 +316,7 @@ class AuditLog:
                 lines: list[bytes] = []
                 for event in events:
                     record = canonical(event.body(seq))
-                    prev = hashlib.sha256(prev + record).digest()
+                    prev = _chain(prev, record)
                     # The stored line is the canonical record with its hash (and the seal) added
                     # at the end: verify re-canonicalises, so key order there does not matter,
                     # and the record is serialised once.
