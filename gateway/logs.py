@@ -178,6 +178,7 @@ def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None 
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
+        old.flush()  # a LineHandler of an earlier call may hold access lines
     root.addHandler(handler)
     root.setLevel(LEVELS.get(level, logging.INFO))
     # Every request writes an access line; these formats use none of what the

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.logs import ACCESS_FLUSH_SECONDS, ACCESS_HOLD_BYTES, ACCESS_LOGGER, JsonFormatter, LineHandler
+from gateway.logs import ACCESS_FLUSH_SECONDS, ACCESS_HOLD_BYTES, ACCESS_LOGGER, JsonFormatter, LineHandler, setup_logging
 
 
 @pytest.fixture()
@@ -73,3 +73,22 @@ def test_a_full_hold_is_written_at_once_and_close_writes_the_rest(handler: tuple
     h.handle(record(ACCESS_LOGGER, "GET /last 200"))
     h.close()
     assert messages(stream)[-1] == "GET /last 200"
+
+
+def test_setting_logging_up_again_writes_what_the_old_handler_held() -> None:
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    first, second = io.StringIO(), io.StringIO()
+    try:
+        setup_logging("info", "json", first)
+        logging.getLogger(ACCESS_LOGGER).info("GET /a 200")
+        assert first.getvalue() == ""
+        setup_logging("info", "json", second)
+        assert messages(first) == ["GET /a 200"]
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            handler.close()
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
