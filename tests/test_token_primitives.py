@@ -140,6 +140,27 @@ def test_ecdh_output_hmac_secret(token: Token) -> None:
     assert not token.hmac_verify(out, HashAlg.SHA256, b"message!", mac)
 
 
+def test_hmac_through_a_session_copy(token: Token) -> None:
+    """The audit trail's MAC key is used through a per-process session copy: the same MAC as the
+    token object's, the copy as protected as the key, and made again after the sessions were lost."""
+    base = kid()
+    info = token.generate_keypair(base, "base", Curve.P256, Usage(derive=True))
+    priv, forms = software_peer(Curve.P256)
+    z = software_z(Curve.P256, priv, info.public_key)
+    key = kid()
+    token.ecdh_derive(base, SecretSpec(key, "mac", SecretType.GENERIC, 32, Usage(sign=True)), peer=forms["compressed"])
+    want = hmac.new(z, b"record", "sha256").digest()
+    assert token.hmac(key, HashAlg.SHA256, b"record", session_copy=True) == want
+    copy = token._copies[key][1]
+    attrs = token._call(lambda s: token._attrs(s.handle, copy, (CKA.TOKEN, CKA.SENSITIVE, CKA.EXTRACTABLE, CKA.ID)))
+    assert attrs == {CKA.TOKEN: b"\x00", CKA.SENSITIVE: b"\x01", CKA.EXTRACTABLE: b"\x00", CKA.ID: key}
+    assert token.hmac(key, HashAlg.SHA256, b"record", session_copy=True) == want
+    assert token._copies[key][1] == copy  # made once
+    token.module.fn.raw("C_CloseAllSessions")(token.pool.slot)  # destroys the copy with its session
+    assert token.hmac(key, HashAlg.SHA256, b"again", session_copy=True) == hmac.new(z, b"again", "sha256").digest()
+    assert token.hmac(key, HashAlg.SHA256, b"again") == hmac.new(z, b"again", "sha256").digest()
+
+
 def test_ecdh_with_stored_peer_keys(token: Token) -> None:
     a, b = kid(), kid()
     info_a = token.generate_keypair(a, "a", Curve.P256, Usage(derive=True))

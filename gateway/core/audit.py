@@ -273,7 +273,8 @@ class AuditLog:
         """HMAC-SHA256 with the audit key, in the token (blocking)."""
         from gateway.token import HashAlg
 
-        return self.token.hmac(self.key_kid, HashAlg.SHA256, data)
+        # A session copy: the key is used on every append by every worker (see Token._session_copy).
+        return self.token.hmac(self.key_kid, HashAlg.SHA256, data, session_copy=True)
 
     async def record(self, event: AuditEvent) -> int:
         """Append ``event`` (with whatever else is queued, see the module docstring); returns its

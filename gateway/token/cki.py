@@ -179,6 +179,7 @@ def _prototype(name: str) -> Any:
         "C_Login": [CK_ULONG, CK_ULONG, c_char_p, CK_ULONG],
         "C_Logout": [CK_ULONG],
         "C_CreateObject": [CK_ULONG, c_void_p, CK_ULONG, c_void_p],
+        "C_CopyObject": [CK_ULONG, CK_ULONG, c_void_p, CK_ULONG, c_void_p],
         "C_DestroyObject": [CK_ULONG, CK_ULONG],
         "C_GetAttributeValue": [CK_ULONG, CK_ULONG, c_void_p, CK_ULONG],
         "C_SetAttributeValue": [CK_ULONG, CK_ULONG, c_void_p, CK_ULONG],

@@ -136,6 +136,8 @@ class Token:
         self._token_generation = 0
         self._handles: dict[tuple[bytes, int], tuple[int, Any]] = {}
         self._handles_lock = threading.Lock()
+        # kid -> (sessions generation, handle, when confirmed) of session copies (_session_copy).
+        self._copies: dict[bytes, tuple[tuple[int, int], int, float]] = {}
         # Told (operation, seconds, error) after every ``run``: the service metrics.
         self.observers: list[Callable[[str, float, BaseException | None], None]] = []
         self._checked: dict[tuple[bytes, int], float] = {}  # when a cached handle was last confirmed
@@ -1136,35 +1138,102 @@ class Token:
         params = CK_SALSA20_CHACHA20_POLY1305_PARAMS(address(n_buf), len(nonce), address(aad_buf), len(aad))
         return self._crypt(kid, CKM.CHACHA20_POLY1305, params, (n_buf, aad_buf), data, decrypt)
 
-    def _sign_op(self, kid: bytes, cls: int, mechanism: int, data: bytes, signature: bytes | None) -> bytes | bool:
-        def once(s: Session, handle: int) -> bytes | bool:
-            fn = self.module.fn
-            mech = Mechanism(mechanism)
-            src = ctypes.create_string_buffer(data, len(data))
-            if signature is None:
-                fn("C_SignInit", s.handle, mech.pointer, handle)
-                size = c_ulong(512)
-                out = ctypes.create_string_buffer(size.value)
-                fn("C_Sign", s.handle, src, len(data), out, byref(size))
-                return out.raw[: size.value]
-            fn("C_VerifyInit", s.handle, mech.pointer, handle)
-            sig = ctypes.create_string_buffer(signature, len(signature))
-            rv = fn.raw("C_Verify")(s.handle, src, len(data), sig, len(signature))
-            if rv in (CKR.SIGNATURE_INVALID, CKR.SIGNATURE_LEN_RANGE):
-                return False
-            if rv != CKR.OK:
-                raise CKRError(rv, "C_Verify")
-            return True
+    def _sign_with(self, session: int, handle: int, mechanism: int, data: bytes, signature: bytes | None) -> bytes | bool:
+        fn = self.module.fn
+        mech = Mechanism(mechanism)
+        src = ctypes.create_string_buffer(data, len(data))
+        if signature is None:
+            fn("C_SignInit", session, mech.pointer, handle)
+            size = c_ulong(512)
+            out = ctypes.create_string_buffer(size.value)
+            fn("C_Sign", session, src, len(data), out, byref(size))
+            return out.raw[: size.value]
+        fn("C_VerifyInit", session, mech.pointer, handle)
+        sig = ctypes.create_string_buffer(signature, len(signature))
+        rv = fn.raw("C_Verify")(session, src, len(data), sig, len(signature))
+        if rv in (CKR.SIGNATURE_INVALID, CKR.SIGNATURE_LEN_RANGE):
+            return False
+        if rv != CKR.OK:
+            raise CKRError(rv, "C_Verify")
+        return True
 
+    def _sign_op(self, kid: bytes, cls: int, mechanism: int, data: bytes, signature: bytes | None) -> bytes | bool:
         def op(s: Session) -> bytes | bool:
             resolve = lambda: self._key(s.handle, kid, cls)[0]  # noqa: E731
-            return self._with_handle_retry(kid, resolve(), resolve, lambda h: once(s, h))
+            return self._with_handle_retry(kid, resolve(), resolve,
+                                           lambda h: self._sign_with(s.handle, h, mechanism, data, signature))
 
         return self._call(op)
 
-    def hmac(self, kid: bytes, hash_alg: HashAlg, data: bytes) -> bytes:
+    def hmac(self, kid: bytes, hash_alg: HashAlg, data: bytes, *, session_copy: bool = False) -> bytes:
+        """HMAC of ``data`` with the secret key ``kid``.  ``session_copy``: with this
+        process's session copy of the key (see :meth:`_session_copy`), for a key
+        every request uses."""
         self.capabilities.require_hmac(hash_alg)
-        return self._sign_op(kid, CKO.SECRET_KEY, HMAC_MECHANISMS[hash_alg], data, None)  # type: ignore[return-value]
+        mechanism = HMAC_MECHANISMS[hash_alg]
+        if not session_copy:
+            return self._sign_op(kid, CKO.SECRET_KEY, mechanism, data, None)  # type: ignore[return-value]
+
+        def op(s: Session) -> bytes:
+            try:
+                return self._sign_with(s.handle, self._session_copy(s.handle, kid), mechanism, data, None)  # type: ignore[return-value]
+            except CKRError as exc:
+                if exc.rv not in HANDLE_GONE:
+                    raise
+            # The session that made the copy was closed (which destroys it), or the key is gone.
+            with self._handles_lock:
+                self._copies.pop(kid, None)
+            self._forget(kid)
+            return self._sign_with(s.handle, self._session_copy(s.handle, kid), mechanism, data, None)  # type: ignore[return-value]
+
+        return self._call(op)
+
+    def _session_copy(self, session: int, kid: bytes) -> int:
+        """A session object copied from the token secret key ``kid``, made once per
+        process and sessions generation; the token object itself where the module
+        will not copy it.
+
+        Why: SoftHSM2 re-reads the whole token folder when a process touches a
+        token object after another process changed the token (150 ms at 10,000
+        keys, see docs/benchmarks.md).  A key that every request of every worker
+        uses, the audit trail's MAC key, would pay that on each append while the
+        other worker stores keys; its session copy is not in the folder.  The
+        copy keeps the key's CKA_SENSITIVE and CKA_EXTRACTABLE (C_CopyObject can
+        only tighten them) and is destroyed with its session.  A copy is
+        confirmed by its CKA_ID, as cached handles are, in case a module reuses
+        handle numbers.
+        """
+        generation = self.pool.generation
+        with self._handles_lock:
+            entry = self._copies.get(kid)
+        if entry is not None and entry[0] == generation:
+            handle, checked = entry[1], entry[2]
+            now = time.monotonic()
+            if now - checked < _TRUST_SECONDS:
+                return handle
+            try:
+                if self._read_id(session, handle) == kid:
+                    with self._handles_lock:
+                        self._copies[kid] = (generation, handle, now)
+                    return handle
+            except CKRError as exc:
+                if exc.rv not in HANDLE_GONE:
+                    raise
+        original = self._key(session, kid, CKO.SECRET_KEY)[0]
+        tpl = Template({CKA.TOKEN: False})
+        out = c_ulong()
+        rv = self.module.fn.raw("C_CopyObject")(session, original, tpl.pointer, tpl.count, byref(out))
+        if rv in HANDLE_GONE:
+            raise CKRError(rv, "C_CopyObject")
+        handle = out.value if rv == CKR.OK else original
+        if rv != CKR.OK:
+            log.info("token %s: no session copy of key %s (%s); the token object is used", self.name, kid.hex(),
+                     CKRError(rv, "C_CopyObject").name)
+        with self._handles_lock:
+            # The token object itself is trusted as _key trusts it; a refused copy is not tried again
+            # before the sessions are reopened.
+            self._copies[kid] = (generation, handle, time.monotonic() if rv == CKR.OK else float("inf"))
+        return handle
 
     def hmac_verify(self, kid: bytes, hash_alg: HashAlg, data: bytes, mac: bytes) -> bool:
         # Computed in the token and compared here in constant time: modules
