@@ -125,13 +125,20 @@ def test_ecdh_output_aes_sizes(token: Token, length: int) -> None:
     gcm_roundtrip(token, out, z[-length:])
 
 
-def test_ecdh_output_hmac_secret(token: Token) -> None:
+def ecdh_mac_key(token: Token) -> tuple[bytes, bytes]:
+    """(kid, Z): a 32-byte HMAC key derived in the token by ECDH with a software peer, and its value
+    computed in software (SoftHSM2 refuses HMAC keys shorter than the hash output)."""
     base = kid()
     info = token.generate_keypair(base, "base", Curve.P256, Usage(derive=True))
     priv, forms = software_peer(Curve.P256)
     z = software_z(Curve.P256, priv, info.public_key)
     out = kid()
     token.ecdh_derive(base, SecretSpec(out, "mac", SecretType.GENERIC, 32, Usage(sign=True)), peer=forms["compressed"])
+    return out, z
+
+
+def test_ecdh_output_hmac_secret(token: Token) -> None:
+    out, z = ecdh_mac_key(token)
     assert_protected(token, out)
     # SoftHSM2 refuses HMAC keys shorter than the hash output; a 32-byte Z suits SHA-256
     mac = token.hmac(out, HashAlg.SHA256, b"message")
@@ -143,12 +150,7 @@ def test_ecdh_output_hmac_secret(token: Token) -> None:
 def test_hmac_through_a_session_copy(token: Token) -> None:
     """The audit trail's MAC key is used through a per-process session copy: the same MAC as the
     token object's, the copy as protected as the key, and made again after the sessions were lost."""
-    base = kid()
-    info = token.generate_keypair(base, "base", Curve.P256, Usage(derive=True))
-    priv, forms = software_peer(Curve.P256)
-    z = software_z(Curve.P256, priv, info.public_key)
-    key = kid()
-    token.ecdh_derive(base, SecretSpec(key, "mac", SecretType.GENERIC, 32, Usage(sign=True)), peer=forms["compressed"])
+    key, z = ecdh_mac_key(token)
     want = hmac.new(z, b"record", "sha256").digest()
     assert token.hmac(key, HashAlg.SHA256, b"record", session_copy=True) == want
     copy = token._copies[key][1]
