@@ -1175,6 +1175,8 @@ class Token:
             return self._sign_op(kid, CKO.SECRET_KEY, mechanism, data, None)  # type: ignore[return-value]
 
         def op(s: Session) -> bytes:
+            # Not _with_handle_retry: making the copy can fail too (from a stale cached handle
+            # of the key), and that must be retried like a copy that vanished.
             try:
                 return self._sign_with(s.handle, self._session_copy(s.handle, kid), mechanism, data, None)  # type: ignore[return-value]
             except CKRError as exc:
