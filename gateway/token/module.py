@@ -11,6 +11,7 @@ from typing import Any
 from ..errors import ConfigError, TokenUnavailable
 from .cki import CK_C_INITIALIZE_ARGS, CK_INFO, CK_TOKEN_INFO, CKRError, FunctionList
 from .constants import CKF_OS_LOCKING_OK, CKR
+from .keycopies import DeletionCounter
 from .scangate import ScanGate
 from .tokenfile import TokenFileLock
 
@@ -53,9 +54,12 @@ class Module:
         self.fn("C_GetInfo", byref(info))
         self.manufacturer = info.manufacturerID.decode(errors="replace").strip()
         self.description = info.libraryDescription.decode(errors="replace").strip()
+        # Key objects destroyed by any gateway process on this token folder (keycopies.py).
+        self.deletions: DeletionCounter | None = None
         if self.rereads_on_other_processes_writes:
             self.fn.gate = ScanGate.for_softhsm(self.environment)
             self.token_file = TokenFileLock.for_softhsm(self.environment)
+            self.deletions = DeletionCounter.for_softhsm(self.environment)
 
     @property
     def hides_other_processes_objects(self) -> bool:

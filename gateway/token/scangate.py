@@ -57,13 +57,18 @@ def softhsm_token_dir(environment: dict[str, str]) -> str | None:
     return None
 
 
-def softhsm_lock_path(environment: dict[str, str], suffix: str) -> Path | None:
-    """A lock file shared by every process on the same SoftHSM2 token folder (None: folder unknown)."""
+def softhsm_shared_path(environment: dict[str, str], suffix: str) -> Path | None:
+    """A file shared by every process on the same SoftHSM2 token folder (None: folder unknown)."""
     folder = softhsm_token_dir(environment)
     if folder is None:
         return None
     digest = hashlib.sha256(folder.encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"pkcs11-gateway-{digest}{suffix}.lock"
+    return Path(tempfile.gettempdir()) / f"pkcs11-gateway-{digest}{suffix}"
+
+
+def softhsm_lock_path(environment: dict[str, str], suffix: str) -> Path | None:
+    """A lock file shared by every process on the same SoftHSM2 token folder (None: folder unknown)."""
+    return softhsm_shared_path(environment, f"{suffix}.lock")
 
 
 class _ThreadFds:

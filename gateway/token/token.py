@@ -21,6 +21,7 @@ from ctypes import byref, c_ulong
 from typing import Any, Callable, Final, Iterable, TypeVar
 
 from ..errors import AlreadyExists, InvalidInput, NotFound, TokenRefused, TokenUnavailable, Unsupported
+from .keycopies import COPY_AFTER_SECONDS, KeyCopies
 from .capabilities import DIGEST_MECHANISMS, ECDH_KDF_VALUES, HMAC_MECHANISMS, Capabilities
 from .cki import (
     CK_ATTRIBUTE,
@@ -141,6 +142,10 @@ class Token:
         # Told (operation, seconds, error) after every ``run``: the service metrics.
         self.observers: list[Callable[[str, float, BaseException | None], None]] = []
         self._checked: dict[tuple[bytes, int], float] = {}  # when a cached handle was last confirmed
+        self._known_since: dict[tuple[bytes, int], float] = {}  # when this process first had the handle
+        # SoftHSM2: ECDH base keys are used through per-process session copies (keycopies.py).
+        deletions = self.module.deletions
+        self._key_copies = KeyCopies(deletions) if deletions is not None else None
         # Calls that cost a full object scan on SoftHSM2, and recoveries: for metrics and tests.
         self.counters: Counter[str] = Counter()
         # Kids of failed creating calls, swept from a fresh view of the token (see leftovers.py).
@@ -707,6 +712,7 @@ class Token:
         with self._handles_lock:
             self._handles[key] = entry
         self._checked[key] = time.monotonic()
+        self._known_since.setdefault(key, self._checked[key])
         return entry
 
     def _forget(self, kid: bytes) -> None:
@@ -714,6 +720,9 @@ class Token:
             for cls in (CKO.SECRET_KEY, CKO.PRIVATE_KEY, CKO.PUBLIC_KEY):
                 self._handles.pop((kid, cls), None)
                 self._checked.pop((kid, cls), None)
+                self._known_since.pop((kid, cls), None)
+        if self._key_copies is not None:
+            self._key_copies.forget(kid)
 
     def _confirm_stored(self, session: int, handle: int) -> None:
         """Fail the call if the token did not keep the object it just reported created.
@@ -769,6 +778,51 @@ class Token:
         if curve is None:
             raise InvalidInput(f"key {kid.hex()} is not an elliptic-curve key this gateway knows")
         return handle, curve
+
+    def _ecdh_base(self, session: int, kid: bytes, handle: int) -> int:
+        """The handle to run ECDH with from the private key ``kid`` (token object
+        ``handle``): this process's session copy where the module has them
+        (keycopies.py), else ``handle``.  Raises CKRError when the token object is
+        gone, for _with_handle_retry to look the key up again."""
+        copies = self._key_copies
+        if copies is None:
+            return handle
+        now = time.monotonic()
+        if now - self._known_since.get((kid, CKO.PRIVATE_KEY), now) < COPY_AFTER_SECONDS:
+            # A key just made (here or elsewhere) is used as the token object: copying keys
+            # while other processes created and destroyed keys made SoftHSM2 2.6 fail calls
+            # now and then (tests/test_token_two_processes.py under load); keys in steady use are copied.
+            return handle
+        generation = self.pool.generation
+        count = copies.counter.value()  # read first: a deletion counted after it shows at the next use
+        copy = copies.usable(kid, handle, generation, count, now)
+        if copy is not None:
+            return copy
+        if self._read_id(session, handle) != kid:  # gone (CKRError) or the number reused
+            raise CKRError(CKR.OBJECT_HANDLE_INVALID, "C_GetAttributeValue")
+        copy = copies.confirmed(kid, handle, generation, count, now)
+        if copy is not None:
+            return copy
+        self._destroy_handles(session, copies.take_dead(generation))
+        copy = self._copy_to_session(session, handle, kid)
+        if copy != handle:
+            self.counters["key_copies"] += 1
+        copies.add(kid, copy, handle, generation, count, now)
+        return copy
+
+    def _copy_to_session(self, session: int, handle: int, kid: bytes) -> int:
+        """A session-object copy of the token object ``handle`` (``kid``), or ``handle`` itself
+        where the module will not copy it.  Raises CKRError when the object is gone."""
+        tpl = Template({CKA.TOKEN: False})
+        out = c_ulong()
+        rv = self.module.fn.raw("C_CopyObject")(session, handle, tpl.pointer, tpl.count, byref(out))
+        if rv in HANDLE_GONE:
+            raise CKRError(rv, "C_CopyObject")
+        if rv != CKR.OK:
+            log.info("token %s: no session copy of key %s (%s); the token object is used", self.name, kid.hex(),
+                     CKRError(rv, "C_CopyObject").name)
+            return handle
+        return out.value
 
     def _secret(self, session: int, kid: bytes) -> tuple[int, SecretType | None, int]:
         handle, (kind, length) = self._key(session, kid, CKO.SECRET_KEY)
@@ -840,6 +894,7 @@ class Token:
         with self._handles_lock:
             self._handles[key] = (handle, facts)
         self._checked[key] = time.monotonic()
+        self._known_since.setdefault(key, self._checked[key])
 
     def _object_info(self, session: int, handle: int) -> KeyInfo | None:
         a = self._attrs(session, handle, _KEY_ATTRS)
@@ -1014,7 +1069,7 @@ class Token:
                 raise InvalidInput(f"the {curve.value} shared secret is {curve.field_bytes} bytes, shorter than the {out.length}-byte key asked for")
             handle = self._with_handle_retry(
                 base_kid, base, lambda: self._private(s.handle, base_kid)[0],
-                lambda h: self._ecdh(s.handle, h, point, out, kdf, shared_data),
+                lambda h: self._ecdh(s.handle, self._ecdh_base(s.handle, base_kid, h), point, out, kdf, shared_data),
             )
             return self._created_secret(s.handle, handle, out)
 
@@ -1053,7 +1108,7 @@ class Token:
             z_spec = SecretSpec(out.kid, "ecdh-z", SecretType.GENERIC, curve.field_bytes, Usage(derive=True), token=False)
             z = self._with_handle_retry(
                 base_kid, base, lambda: self._private(s.handle, base_kid)[0],
-                lambda h: self._ecdh(s.handle, h, point, z_spec, EcdhKdf.NULL, b""),
+                lambda h: self._ecdh(s.handle, self._ecdh_base(s.handle, base_kid, h), point, z_spec, EcdhKdf.NULL, b""),
             )
             try:
                 handle = self._hkdf(s.handle, z, salt, info, hash_alg, out)
@@ -1089,7 +1144,7 @@ class Token:
             extra = {CKA.SENSITIVE: False, CKA.EXTRACTABLE: True}
             z = self._with_handle_retry(
                 base_kid, base, lambda: self._private(s.handle, base_kid)[0],
-                lambda h: self._ecdh(s.handle, h, point, spec, EcdhKdf.NULL, b"", extra),
+                lambda h: self._ecdh(s.handle, self._ecdh_base(s.handle, base_kid, h), point, spec, EcdhKdf.NULL, b"", extra),
             )
             try:
                 value = self._read_one(s.handle, z, CKA.VALUE, curve.field_bytes)
@@ -1222,19 +1277,11 @@ class Token:
                 if exc.rv not in HANDLE_GONE:
                     raise
         original = self._key(session, kid, CKO.SECRET_KEY)[0]
-        tpl = Template({CKA.TOKEN: False})
-        out = c_ulong()
-        rv = self.module.fn.raw("C_CopyObject")(session, original, tpl.pointer, tpl.count, byref(out))
-        if rv in HANDLE_GONE:
-            raise CKRError(rv, "C_CopyObject")
-        handle = out.value if rv == CKR.OK else original
-        if rv != CKR.OK:
-            log.info("token %s: no session copy of key %s (%s); the token object is used", self.name, kid.hex(),
-                     CKRError(rv, "C_CopyObject").name)
+        handle = self._copy_to_session(session, original, kid)
         with self._handles_lock:
             # The token object itself is trusted as _key trusts it; a refused copy is not tried again
             # before the sessions are reopened.
-            self._copies[kid] = (generation, handle, time.monotonic() if rv == CKR.OK else float("inf"))
+            self._copies[kid] = (generation, handle, time.monotonic() if handle != original else float("inf"))
         return handle
 
     def hmac_verify(self, kid: bytes, hash_alg: HashAlg, data: bytes, mac: bytes) -> bool:
@@ -1341,12 +1388,16 @@ class Token:
             if not handles:
                 raise self._not_found(s.handle, kid)
             count = 0
-            for handle in handles:
-                rv = self.module.fn.raw("C_DestroyObject")(s.handle, handle)
-                if rv == CKR.OK:
-                    count += 1
-                elif rv not in HANDLE_GONE:
-                    raise CKRError(rv, "C_DestroyObject")
+            try:
+                for handle in handles:
+                    rv = self.module.fn.raw("C_DestroyObject")(s.handle, handle)
+                    if rv == CKR.OK:
+                        count += 1
+                    elif rv not in HANDLE_GONE:
+                        raise CKRError(rv, "C_DestroyObject")
+            finally:
+                if count and self._key_copies is not None:
+                    self._key_copies.counter.bump()  # before the answer: other processes' copies stop here
             return count
 
         return self._call(op)
