@@ -346,18 +346,20 @@ def why_missed(run: GatewayRun, ts: list[Target]) -> list[str]:
             f"gateway) {s.raw_ratio():.2f}: whatever the loop loses to the key count is SoftHSM2's own cost of a",
             "bigger token, which the gateway pays too. With two workers, each one's writes make the other's",
             "SoftHSM2 re-read the token folder on its next touch of a token object (the base key of the next",
-            "derive): " + "; ".join(
+            "touch of a token object: " + "; ".join(
                 f"{a:.1f} ms at about {lvl:,} keys against {b:.2f} ms unchanged" for lvl, (a, b) in sorted(s.reread_ms.items()))
             + " (measured in this run, see the scale section). That is the token's design for sharing a token",
-            "between processes, not the gateway's. Tried on a branch (wip/softhsm-turns-and-key-copies) and not",
-            "merged: workers taking turns at touching token objects, and using keys through per-process session",
-            "copies (C_CopyObject) kept honest by a shared count of deleted keys. Together they brought this ratio to",
-            "0.97 in a 2-round run, but under CPU load SoftHSM2 then failed 1-2 of 7-8 runs of the two-process test",
-            "(CKR_GENERAL_ERROR, CKR_FUNCTION_FAILED, a just-made key not found) where the merged code fails none.",
-            "One worker per SoftHSM2 token avoids the cost altogether (ratio above). Since 2026-12-03 the audit",
-            "trail's MAC key, which every append of every worker uses and nobody deletes, is used through a",
-            "per-process session copy, out of the folder: an HMAC right after another process stored a key took",
-            "24.9 ms with the token object and 0.27 ms with the copy at 3,006 keys (60 pairs; not part of `make bench`).",
+            "between processes, not the gateway's. Two of the touches per derive are gone: the audit trail's",
+            "MAC key and the derive's base key are used through per-process session copies, out of the folder (an",
+            "HMAC right after another process stored a key: 24.9 ms with the token object, 0.27 ms with the copy,",
+            "at 3,006 keys). What remains is the new key itself: its creation, and the read that confirms the token kept it (SoftHSM2 answers OK",
+            "for a key whose file it could not write when its folder turns read-only). Measured through the adapter",
+            "at 10,000 keys while a second process stored keys (2026-12-03, not part of `make bench`): that read",
+            "took 7.55 ms per derive on average, at most 385 ms, against 0.07 ms alone (the derive call itself",
+            "15.5 against 15.1 ms, at most 389 ms). Tried on a branch",
+            "(wip/softhsm-turns-and-key-copies) and not merged: workers taking turns at touching token objects",
+            "(ratio 0.97 in a 2-round run, but SoftHSM2 then failed 1-2 of 7-8 runs of the two-process test under",
+            "CPU load). One worker per SoftHSM2 token avoids the cost altogether (ratio above).",
             "",
         ]
     vault = next((c for c in run.cases if c.name.startswith("gw-vault")), None)
