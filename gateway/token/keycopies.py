@@ -3,7 +3,7 @@
 SoftHSM2 keeps every token object in a file and, on each use of one, checks
 that file again: deriving from a token-object base key costs a row of system
 calls that a session object (kept in the process's memory) does not, about
-a quarter of a P-256 ECDH (docs/benchmarks.md).  And after another process
+a fifth of a P-256 ECDH through the adapter (docs/architecture.md).  And after another process
 changed the token, the first touch of any token object re-reads the whole
 token folder (over 100 ms at 10,000 keys), which session objects never do.
 

@@ -789,9 +789,10 @@ class Token:
             return handle
         now = time.monotonic()
         if now - self._known_since.get((kid, CKO.PRIVATE_KEY), now) < COPY_AFTER_SECONDS:
-            # A key just made (here or elsewhere) is used as the token object: copying keys
-            # while other processes created and destroyed keys made SoftHSM2 2.6 fail calls
-            # now and then (tests/test_token_two_processes.py under load); keys in steady use are copied.
+            # A key just made (here or elsewhere) is used as the token object: copying keys at
+            # once, while other processes created and destroyed keys, made SoftHSM2 2.6 fail calls
+            # now and then (tests/test_token_two_processes.py under CPU load, on the unmerged branch
+            # wip/softhsm-turns-and-key-copies); keys in steady use are copied.
             return handle
         generation = self.pool.generation
         count = copies.counter.value()  # read first: a deletion counted after it shows at the next use
