@@ -192,3 +192,11 @@ def test_a_key_just_made_is_used_as_the_token_object_until_it_is_known_a_while(h
     gcm_roundtrip(hsm, out, z[-32:])
     hsm.destroy(out)
     hsm.destroy(base)
+
+
+def test_a_counter_that_cannot_be_opened_means_no_copies_and_says_how_to_fix_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(keycopies, "softhsm_shared_path", lambda environment, suffix: tmp_path / "no" / "such")
+    with caplog.at_level("WARNING", logger="gateway.token"):
+        assert DeletionCounter.for_softhsm({}) is None
+    assert "cannot open the deletion counter" in caplog.text and "as one user" in caplog.text

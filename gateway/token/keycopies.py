@@ -82,7 +82,9 @@ class DeletionCounter:
         try:
             return cls(path)
         except (OSError, ValueError) as exc:
-            log.warning("cannot open the deletion counter %s (%s): keys are used as token objects", path, exc)
+            log.warning("cannot open the deletion counter %s (%s): this process uses keys as token objects, and "
+                        "other gateway processes may use a key it deletes for up to %g s more; run every gateway "
+                        "process on this token as one user so that each can open the file", path, exc, TRUST_SECONDS)
             return None
 
     def value(self) -> int:
