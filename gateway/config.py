@@ -200,6 +200,7 @@ class TokenConfig:
     environment: Mapping[str, str]
     sessions: int
     provision: ProvisionConfig | None = None
+    object_writes: str = "one-process"
 
     def settings(self) -> TokenSettings:
         """Resolve the PIN and build the adapter's :class:`TokenSettings`."""
@@ -214,6 +215,7 @@ class TokenConfig:
             init_args=self.init_args,
             environment=dict(self.environment),
             sessions=self.sessions,
+            object_writes=self.object_writes,
         )
 
 
@@ -622,6 +624,7 @@ def _parse_token(table: _Table) -> TokenConfig:
     pin = _parse_pin(table)
     init_args = table.optional_str("init_args")
     sessions = table.integer("sessions", DEFAULT_SESSIONS, 1, MAX_SESSIONS)
+    object_writes = table.choice("object_writes", "one-process", ("one-process", "every-process"))
 
     environment = table.string_map("environment", _ENV_NAME_RE, "an environment variable name")
     for var, value in environment.items():
@@ -667,6 +670,7 @@ def _parse_token(table: _Table) -> TokenConfig:
         environment=MappingProxyType(environment),
         sessions=sessions,
         provision=provision,
+        object_writes=object_writes,
     )
 
 

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.cli import main
 from gateway.token.settings import TokenSettings
+from tests.service_support import metric
 from tests.hem_helpers import EID, PASSPHRASE, TlsFiles, bearer, ejwt, free_port, login, make_tls, token_toml, users_toml
 
 START_TIMEOUT = 90.0
@@ -160,6 +161,16 @@ async def test_two_processes_share_keys_tokens_and_challenges(gateways: list[Gat
         if offset >= page["total"] or not page["listed"]:
             break
     assert {base, derived} <= kids
+
+    # One of the two made every object change (SoftHSM2: gateway/token/writerelay.py); the other
+    # sent its changes there.
+    writers = relayed = 0.0
+    for view in gateways:
+        async with view.get("/metrics") as response:
+            text = await response.text()
+        writers += metric(text, "gateway_token_writer", token="softhsm")
+        relayed += metric(text, "gateway_token_changes_relayed", token="softhsm")
+    assert writers == 1 and relayed >= 1
 
 
 async def test_the_audit_chain_of_both_processes_verifies(gateways: list[Gateway],

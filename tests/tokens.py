@@ -55,7 +55,7 @@ NSS_MODULE: Final = find_module(
 SOFTHSM_LABELS: Final = (
     "adapter", "concurrency", "lookup", "recovery", "spare1", "spare2",
     # one per dialect or service test area, so their key counts stay independent
-    "hem", "hem-raw2", "vault", "vault-2", "service", "stress", "leftovers", "staleview", "scangate", "keycopies",
+    "hem", "hem-raw2", "vault", "vault-2", "service", "stress", "leftovers", "staleview", "scangate", "keycopies", "writerelay",
     "tornread",
 )
 SOFTHSM_PIN: Final = "1234"

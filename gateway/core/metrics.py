@@ -98,6 +98,16 @@ token_catch_ups = Gauge(
     "Fresh-view nudges asked for since the worker started: lookups that found nothing after this worker's own "
     "writes (see docs/operations.md)", ["token"], multiprocess_mode="livesum",
 )
+token_writer = Gauge(
+    "gateway_token_writer",
+    "1 in the worker that makes the token's object changes for every gateway process (SoftHSM2; see "
+    "docs/operations.md), else 0", ["token"], multiprocess_mode="livesum",
+)
+token_changes_relayed = Gauge(
+    "gateway_token_changes_relayed",
+    "Object changes this worker sent to the writer process since it started (SoftHSM2; see docs/operations.md)",
+    ["token"], multiprocess_mode="livesum",
+)
 token_ready = Gauge(
     "gateway_token_ready", "1 when the token answered the last readiness check, else 0", ["token"],
     multiprocess_mode="livemin",
@@ -149,6 +159,9 @@ def update_token_gauges(tokens: Iterable[Token]) -> None:
         token_sessions_max.labels(token=token.name).set(stats.size)
         token_leftovers_pending.labels(token=token.name).set(token.leftovers.pending)
         token_catch_ups.labels(token=token.name).set(token.stale.nudges)
+        relay = token.relay
+        token_writer.labels(token=token.name).set(1 if relay is not None and relay.is_writer else 0)
+        token_changes_relayed.labels(token=token.name).set(relay.relayed if relay is not None else 0)
 
 
 def instrument_token(token: Token) -> None:

@@ -25,9 +25,15 @@ class TokenSettings:
     init_args: str | None = None
     environment: dict[str, str] = field(default_factory=dict)
     sessions: int = 4
+    # "one-process": on modules that re-read their storage after another process's writes
+    # (SoftHSM2), one gateway process makes every object change (writerelay.py);
+    # "every-process": each process makes its own.
+    object_writes: str = "one-process"
 
     def __post_init__(self) -> None:
         if not self.label and not self.serial:
             raise ValueError(f"token {self.name!r}: set 'label' or 'serial'")
         if self.sessions < 1:
             raise ValueError(f"token {self.name!r}: 'sessions' must be at least 1")
+        if self.object_writes not in ("one-process", "every-process"):
+            raise ValueError(f"token {self.name!r}: 'object_writes' must be one-process or every-process")

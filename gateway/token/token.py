@@ -12,6 +12,7 @@ import contextvars
 import ctypes
 import functools
 import hashlib
+import inspect
 import logging
 import threading
 import time
@@ -57,7 +58,9 @@ from .module import Module, SlotNotFound, load_module
 from .peer import normalize_peer
 from .session import PoolStats, Session, SessionPool
 from .settings import TokenSettings
+from .scangate import softhsm_shared_path
 from .staleview import StaleViews
+from .writerelay import NoWriter, WriterLost, WriterRelay
 from .types import Curve, DataObject, EcdhKdf, HashAlg, KeyClass, KeyInfo, SecretSpec, SecretType, Usage
 
 log = logging.getLogger(__name__)
@@ -82,6 +85,9 @@ _TRANSIENT_AT_OPEN = frozenset({CKR.USER_PIN_NOT_INITIALIZED, CKR.GENERAL_ERROR,
 # What SoftHSM2 answers, now and then, when another process deletes objects while this one
 # creates or derives (a torn read of its object files); the same call succeeds when repeated.
 _TRANSIENT_IN_CALL = frozenset({CKR.GENERAL_ERROR, CKR.TEMPLATE_INCONSISTENT})
+# How long a process with a change to make waits for a writer to answer (writerelay.py): a
+# writer that died is replaced at the next change, so this only covers the hand-over.
+_WRITER_WAIT_SECONDS = 10.0
 CKS_RO_USER_FUNCTIONS = 1
 CKS_RW_USER_FUNCTIONS = 3
 
@@ -123,6 +129,14 @@ OBJECT_CHANGING_OPS: Final = frozenset({
     "generate_secret", "generate_keypair", "import_public_key", "import_key_pair", "import_secret",
     "ecdh_derive", "ecdh_hkdf_derive", "hkdf_derive", "set_label", "destroy", "create_data", "destroy_data",
 })
+# The creating ones: which argument names the new key, and the class that shows it complete.
+_CREATES: Final = {
+    "generate_secret": ("spec", CKO.SECRET_KEY), "import_secret": ("spec", CKO.SECRET_KEY),
+    "ecdh_derive": ("out", CKO.SECRET_KEY), "ecdh_hkdf_derive": ("out", CKO.SECRET_KEY),
+    "hkdf_derive": ("out", CKO.SECRET_KEY), "generate_keypair": ("kid", CKO.PRIVATE_KEY),
+    "import_key_pair": ("kid", CKO.PRIVATE_KEY), "import_public_key": ("kid", CKO.PUBLIC_KEY),
+}
+_NOT_MADE: Any = object()
 
 
 class Token:
@@ -167,6 +181,17 @@ class Token:
         # A token that stores objects one at a time gets its object-changing calls on one
         # thread, in arrival order, instead of racing for its lock (reads stay parallel).
         self._writer = Lane(1, f"pkcs11-{self.name}-writer") if self.module.serializes_writes else None
+        # SoftHSM2: one process per token makes the object changes, the others send theirs
+        # there (writerelay.py).
+        self._relay: WriterRelay | None = None
+        if self.module.rereads_on_other_processes_writes and settings.object_writes == "one-process":
+            token_id = hashlib.sha256(f"{self.serial}\0{self.label}".encode()).hexdigest()[:12]
+            stem = softhsm_shared_path(settings.environment, f".{token_id}.writer")
+            if stem is None:
+                log.warning("token %s: SoftHSM2's token folder is unknown (no readable softhsm2.conf): every "
+                            "process changes objects itself", self.name)
+            else:
+                self._relay = WriterRelay(stem, self._serve_relayed)
 
     # -- connection, capability detection, recovery ------------------------
 
@@ -453,10 +478,14 @@ class Token:
         from the worker thread carry the request's context variables), and each
         of ``observers`` is told ``(operation, seconds, error)`` afterwards.
         """
-        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        operation = getattr(fn, "__name__", None) or type(fn).__name__
         lane = self._lane
-        if self._writer is not None and getattr(fn, "__name__", "") in OBJECT_CHANGING_OPS:
-            lane = self._writer
+        if operation in OBJECT_CHANGING_OPS and getattr(fn, "__self__", None) is self:
+            if self._writer is not None:
+                lane = self._writer
+            if self._relay is not None and self._changes_token_objects(operation, args, kwargs):
+                fn, args, kwargs = self._write, (operation, args, kwargs), {}
+        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
         if not self.observers:
             return await lane.run(call)
         started = time.perf_counter()
@@ -468,9 +497,99 @@ class Token:
             raise
         finally:
             elapsed = time.perf_counter() - started
-            operation = getattr(fn, "__name__", None) or type(fn).__name__
             for observe in self.observers:
                 observe(operation, elapsed, error)
+
+    # -- one writer per token (writerelay.py) --------------------------------
+
+    @staticmethod
+    @functools.cache
+    def _signature(name: str) -> inspect.Signature:
+        return inspect.signature(getattr(Token, name))
+
+    def _bound(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        return self._signature(name).bind(self, *args, **kwargs).arguments
+
+    def _changes_token_objects(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        """False for a derive into a session object: that one must happen in this process."""
+        made = _CREATES.get(name)
+        if made is None:
+            return True
+        value = self._bound(name, args, kwargs).get(made[0])
+        return not isinstance(value, SecretSpec) or value.token
+
+    def _write(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Make an object change here when this process is the token's writer, else send it to
+        the writer.  A writer that dies during a call may have made the change: what it made is
+        looked for before the call is made again, here or at the next writer."""
+        relay = self._relay
+        assert relay is not None
+        deadline = time.monotonic() + _WRITER_WAIT_SECONDS
+        maybe_made = False
+        while True:
+            if maybe_made:
+                made = self._made_by_lost_writer(name, args, kwargs)
+                if made is not _NOT_MADE:
+                    return made
+                maybe_made = False
+            if relay.leading():
+                return getattr(self, name)(*args, **kwargs)
+            try:
+                result = relay.call(name, args, kwargs)
+            except NoWriter:
+                if time.monotonic() > deadline:
+                    raise TokenUnavailable(f"token {self.name!r}: the process that changes its objects does not "
+                                           f"answer ({relay.socket_path})") from None
+                time.sleep(0.02)
+                continue
+            except WriterLost:
+                self.counters["writer_lost"] += 1
+                log.warning("token %s: the writer process went away during %s; looking for what it made",
+                            self.name, name)
+                maybe_made = True
+                continue
+            self._after_relayed(name, args, kwargs)
+            return result
+
+    def _made_by_lost_writer(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """What a call the writer died in left done (its result), or ``_NOT_MADE``."""
+        bound = self._bound(name, args, kwargs)
+        made = _CREATES.get(name)
+        if made is not None:
+            value = bound[made[0]]
+            kid = value.kid if isinstance(value, SecretSpec) else value
+            found = self._call(self._exists(kid, made[1]))
+            return found if found is not None else _NOT_MADE
+        if name == "destroy":
+            kid = bound["kid"]
+            left = self._call(lambda s: self._find_fresh(s.handle, {CKA.TOKEN: True, CKA.ID: kid}, 1))
+            if not left:
+                self._forget(kid)
+                return 0
+        if name == "create_data" and self.get_data(bound["application"], bound["label"]) is not None:
+            return None
+        return _NOT_MADE  # set_label and destroy_data are made again as they are
+
+    def _after_relayed(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """What the call would have dropped from this process's caches, had it run here."""
+        if name == "destroy":
+            self._forget(self._bound(name, args, kwargs)["kid"])
+        elif name == "destroy_data":
+            bound = self._bound(name, args, kwargs)
+            key = (b"data\0" + bound["application"].encode() + b"\0" + bound["label"].encode(), CKO.DATA)
+            with self._handles_lock:
+                self._handles.pop(key, None)
+
+    def _serve_relayed(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """In the writer: another process's object change."""
+        if name not in OBJECT_CHANGING_OPS:
+            raise InvalidInput(f"{name} is not an object change")
+        return getattr(self, name)(*args, **kwargs)
+
+    @property
+    def relay(self) -> WriterRelay | None:
+        """How this process reaches the token's writer (None: it makes its own changes)."""
+        return self._relay
 
     def pool_stats(self) -> PoolStats:
         return self.pool.stats()
@@ -488,6 +607,8 @@ class Token:
         self._lane.close()
         if self._writer is not None:
             self._writer.close()
+        if self._relay is not None:
+            self._relay.close()
         self.leftovers.close()
         self.pool.close_all()
         self.module.release()
