@@ -11,6 +11,7 @@ objects stay in their process; nothing but the adapter's own types crosses the s
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import pickle
 import signal
@@ -18,6 +19,8 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -217,3 +220,47 @@ def test_only_the_adapters_types_cross_and_only_to_the_same_user(hsm: Token) -> 
         writerelay._send(sock, writerelay.dumps(("random", (8,), {})))  # not an object change
         frame = writerelay._recv(sock)
         assert frame is not None and writerelay.loads(frame)[1] == "InvalidInput"
+
+
+def test_a_process_that_cannot_use_the_shared_files_makes_its_own_changes(hsm: Token, tmp_path: Path,
+                                                                          softhsm_settings) -> None:  # type: ignore[no-untyped-def]
+    relay = writerelay.WriterRelay(tmp_path / "no-such-folder" / "x.writer", hsm._serve_relayed)
+    assert relay.leading() and not relay.is_writer  # writes itself, serves nobody
+    relay.close()
+    # And the configuration can turn the relay off.
+    own = Token(dataclasses.replace(softhsm_settings("writerelay", name="own"), object_writes="every-process"))
+    try:
+        assert own.relay is None
+    finally:
+        own.close()
+
+
+def test_a_writer_that_stops_answers_the_call_it_is_running_first(hsm: Token) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def slow(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        started.set()
+        release.wait(10)
+        return "done"
+
+    relay = writerelay.WriterRelay(hsm._relay.lock_path.parent / f"slow-{os.getpid()}.writer", slow)  # type: ignore[union-attr]
+    try:
+        assert relay.leading()
+        caller = writerelay.WriterRelay(relay.lock_path.with_suffix(""), slow)  # calls only, never leads
+        answers: list[Any] = []
+        thread = threading.Thread(target=lambda: answers.append(caller.call("destroy", (b"k",), {})))
+        thread.start()
+        assert started.wait(10)
+        closing = threading.Thread(target=relay.close)
+        closing.start()
+        time.sleep(0.2)
+        assert closing.is_alive()  # waits for the running call
+        release.set()
+        closing.join(10)
+        thread.join(10)
+        assert answers == ["done"]
+        assert not relay.socket_path.exists()
+        caller.close()
+    finally:
+        release.set()
+        relay.close()

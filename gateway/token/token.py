@@ -480,10 +480,11 @@ class Token:
         """
         operation = getattr(fn, "__name__", None) or type(fn).__name__
         lane = self._lane
-        if operation in OBJECT_CHANGING_OPS and getattr(fn, "__self__", None) is self:
+        if operation in OBJECT_CHANGING_OPS:
             if self._writer is not None:
                 lane = self._writer
-            if self._relay is not None and self._changes_token_objects(operation, args, kwargs):
+            if (self._relay is not None and getattr(fn, "__self__", None) is self
+                    and self._changes_token_objects(operation, args, kwargs)):
                 fn, args, kwargs = self._write, (operation, args, kwargs), {}
         call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
         if not self.observers:
@@ -536,17 +537,19 @@ class Token:
                 return getattr(self, name)(*args, **kwargs)
             try:
                 result = relay.call(name, args, kwargs)
-            except NoWriter:
+            except (NoWriter, WriterLost) as exc:
+                if isinstance(exc, WriterLost):
+                    self.counters["writer_lost"] += 1
+                    log.warning("token %s: the writer process went away during %s; looking for what it made",
+                                self.name, name)
+                    maybe_made = True
                 if time.monotonic() > deadline:
+                    made = self._made_by_lost_writer(name, args, kwargs) if maybe_made else _NOT_MADE
+                    if made is not _NOT_MADE:
+                        return made
                     raise TokenUnavailable(f"token {self.name!r}: the process that changes its objects does not "
                                            f"answer ({relay.socket_path})") from None
                 time.sleep(0.02)
-                continue
-            except WriterLost:
-                self.counters["writer_lost"] += 1
-                log.warning("token %s: the writer process went away during %s; looking for what it made",
-                            self.name, name)
-                maybe_made = True
                 continue
             self._after_relayed(name, args, kwargs)
             return result

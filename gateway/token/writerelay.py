@@ -139,7 +139,8 @@ class _Server:
             os.umask(old)
         self._sock.listen(64)
         self._connections: set[socket.socket] = set()
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
+        self._busy = 0  # calls running: close() waits for them, so none is cut off half-way
         threading.Thread(target=self._accept, name="pkcs11-writer-accept", daemon=True).start()
 
     def _accept(self) -> None:
@@ -163,15 +164,24 @@ class _Server:
                 frame = _recv(conn)
                 if frame is None:
                     return
+                with self._lock:
+                    if self._closed:
+                        return  # unread: the caller finds nothing made, and asks the next writer
+                    self._busy += 1
                 try:
-                    name, args, kwargs = loads(frame)
-                    answer: tuple[Any, ...] = ("ok", self.handler(name, tuple(args), dict(kwargs)))
-                except pickle.UnpicklingError as exc:
-                    answer = ("err", "InvalidInput", f"refused: {exc}", {})
-                except Exception as exc:  # noqa: BLE001 - every failure goes back to the caller
-                    answer = ("err", *encode_error(exc))
-                self.served += 1
-                _send(conn, dumps(answer))
+                    try:
+                        name, args, kwargs = loads(frame)
+                        answer: tuple[Any, ...] = ("ok", self.handler(name, tuple(args), dict(kwargs)))
+                    except pickle.UnpicklingError as exc:
+                        answer = ("err", "InvalidInput", f"refused: {exc}", {})
+                    except Exception as exc:  # noqa: BLE001 - every failure goes back to the caller
+                        answer = ("err", *encode_error(exc))
+                    self.served += 1
+                    _send(conn, dumps(answer))
+                finally:
+                    with self._lock:
+                        self._busy -= 1
+                        self._lock.notify_all()
         except OSError:
             return  # the caller went away; what it asked for is done or failed here as usual
         finally:
@@ -179,8 +189,10 @@ class _Server:
                 self._connections.discard(conn)
             conn.close()
 
-    def close(self) -> None:
-        self._closed = True
+    def close(self, wait: float = 30.0) -> None:
+        """Stop taking calls; calls running finish and are answered first (up to ``wait`` seconds)."""
+        with self._lock:
+            self._closed = True
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
@@ -189,7 +201,8 @@ class _Server:
         with self._lock:
             for conn in self._connections:
                 with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
+                    conn.shutdown(socket.SHUT_RD)  # wakes idle readers; a running call can still answer
+            self._lock.wait_for(lambda: self._busy == 0, timeout=wait)
 
 
 class WriterRelay:
@@ -209,6 +222,7 @@ class WriterRelay:
         self._mutex = threading.Lock()
         self._idle: list[socket.socket] = []
         self._closed = False
+        self._alone = False  # the shared files cannot be used: this process makes its own changes
         self.relayed = 0  # calls this process sent to the writer: for tests and metrics
 
     @property
@@ -222,27 +236,38 @@ class WriterRelay:
         return self._server is not None
 
     def leading(self) -> bool:
-        if self._server is not None:
+        """Whether this process makes its changes itself: it is the writer (taking the role
+        if it is free), or it cannot use the shared files."""
+        if self._server is not None or self._alone:
             return True
         with self._mutex:
-            if self._server is not None:
+            if self._server is not None or self._alone:
                 return True
             if self._closed:
                 return False
-            if self._lock_fd is None:
-                self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
+                if self._lock_fd is None:
+                    self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return False
+            except OSError as exc:
+                return self._go_alone(exc)
             try:
                 self._server = _Server(self.socket_path, self.handler)
-            except OSError:
+            except OSError as exc:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-                raise
+                return self._go_alone(exc)
             self._drop_connections()
             log.info("this process now makes every object change on its token (%s)", self.socket_path)
             return True
+
+    def _go_alone(self, exc: OSError) -> bool:
+        log.warning("cannot use the writer files %s (%s): this process makes its own object changes, and the "
+                    "token re-reads its folder for them in the other processes (run every gateway process on "
+                    "this token as one user)", self.lock_path, exc)
+        self._alone = True
+        return True
 
     def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run ``name(*args, **kwargs)`` in the writer.  Raises the writer's error, ``NoWriter`` when none
@@ -276,6 +301,10 @@ class WriterRelay:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             sock.connect(str(self.socket_path))
+        except PermissionError as exc:  # the writer runs as another user
+            sock.close()
+            self._go_alone(exc)
+            raise NoWriter() from None
         except OSError:
             sock.close()
             raise NoWriter() from None
