@@ -78,4 +78,4 @@ def test_quick_scale_bench_writes_rates_and_the_reread_cost(tmp_path: Path) -> N
     for level, reread in scale["reread_ms"].items():
         assert reread["after_other_process_wrote"] > 0 and reread["unchanged"] > 0, (level, reread)
     md = (out / "benchmarks.md").read_text(encoding="utf-8")
-    assert "What two workers pay and one does not" in md
+    assert "What a second process storing keys costs, and why one worker stores for both" in md

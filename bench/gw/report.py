@@ -189,11 +189,13 @@ def markdown(run: GatewayRun, md_table: Any) -> list[str]:
             f"gateway with {w} worker{'s' if w > 1 else ''} {s.ratio(w):.2f}" for w in s.workers)
             + f", raw loop {s.raw_ratio():.2f}.", "",
             "The windows of one level run back to back and the machine's load changes between them, so a",
-            "ratio moves from run to run (with 2 workers from 0.49 to 1.15 on 2026-12-03); the windows column",
-            "shows the spread within a run.",
-            "What two workers pay and one does not: SoftHSM2 re-reads its whole token folder (lists it and",
-            "stats every file, two per object) the first time a process touches a token object after another",
-            "process changed the token, under a lock that holds up the process's other token calls. Measured in this",
+            "ratio moves from run to run (on 2026-12-03, with both workers storing keys themselves, from 0.49 to",
+            "1.15); the windows column shows the spread within a run.",
+            "What a second process storing keys costs, and why one worker stores for both: SoftHSM2 re-reads its",
+            "whole token folder (lists it and stats every file, two per object) the first time a process touches",
+            "a token object after another process changed the token. So one gateway process per token makes every",
+            "object change and the others send theirs to it (`gateway/token/writerelay.py`; before, with both",
+            "workers storing, the ratio with 2 workers was 0.75 against 1.45 with 1 worker). Measured in this",
             "run (the raw process reads one attribute of a key whose handle it holds, right after the benchmark",
             "process stored one key; medians of 5): " + "; ".join(
                 f"{a:.1f} ms with about {lvl:,} keys (the same read with the token unchanged: {b:.2f} ms)"
@@ -344,22 +346,12 @@ def why_missed(run: GatewayRun, ts: list[Target]) -> list[str]:
         out += [
             f"**Derive with 10,000 keys.** With one worker the ratio is {one}, and the raw loop's (one process, no",
             f"gateway) {s.raw_ratio():.2f}: whatever the loop loses to the key count is SoftHSM2's own cost of a",
-            "bigger token, which the gateway pays too. With two workers, each one's writes make the other's",
-            "SoftHSM2 re-read the token folder on its next touch of a token object (the base key of the next",
-            "touch of a token object: " + "; ".join(
+            "bigger token, which the gateway pays too. With two workers only one of them stores keys: the other",
+            "sends its object changes there (`gateway/token/writerelay.py`), so neither re-reads the token folder",
+            "for the other's writes (" + "; ".join(
                 f"{a:.1f} ms at about {lvl:,} keys against {b:.2f} ms unchanged" for lvl, (a, b) in sorted(s.reread_ms.items()))
-            + " (measured in this run, see the scale section). That is the token's design for sharing a token",
-            "between processes, not the gateway's. Two of the touches per derive are gone: the audit trail's",
-            "MAC key and the derive's base key are used through per-process session copies, out of the folder (an",
-            "HMAC right after another process stored a key: 24.9 ms with the token object, 0.27 ms with the copy,",
-            "at 3,006 keys). What remains is the new key itself: its creation, and the read that confirms the token kept it (SoftHSM2 answers OK",
-            "for a key whose file it could not write when its folder turns read-only). Measured through the adapter",
-            "at 10,000 keys while a second process stored keys (2026-12-03, not part of `make bench`): that read",
-            "took 7.55 ms per derive on average, at most 385 ms, against 0.07 ms alone (the derive call itself",
-            "15.5 against 15.1 ms, at most 389 ms). Tried on a branch",
-            "(wip/softhsm-turns-and-key-copies) and not merged: workers taking turns at touching token objects",
-            "(ratio 0.97 in a 2-round run, but SoftHSM2 then failed 1-2 of 7-8 runs of the two-process test under",
-            "CPU load). One worker per SoftHSM2 token avoids the cost altogether (ratio above).",
+            + ", measured in this run). What is left between the two workers is one hop over a Unix socket per",
+            "derive, and the windows' spread on this shared machine (see the scale section).",
             "",
         ]
     vault = next((c for c in run.cases if c.name.startswith("gw-vault")), None)
