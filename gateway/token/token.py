@@ -477,6 +477,8 @@ class Token:
         The call runs in a copy of the caller's context (so log lines written
         from the worker thread carry the request's context variables), and each
         of ``observers`` is told ``(operation, seconds, error)`` afterwards.
+        On SoftHSM2 a call that changes token objects goes to the token's writer
+        process unless this is it (``_write``; writerelay.py).
         """
         operation = getattr(fn, "__name__", None) or type(fn).__name__
         lane = self._lane
@@ -579,9 +581,8 @@ class Token:
             self._forget(self._bound(name, args, kwargs)["kid"])
         elif name == "destroy_data":
             bound = self._bound(name, args, kwargs)
-            key = (b"data\0" + bound["application"].encode() + b"\0" + bound["label"].encode(), CKO.DATA)
             with self._handles_lock:
-                self._handles.pop(key, None)
+                self._handles.pop(self._data_cache_key(bound["application"], bound["label"]), None)
 
     def _serve_relayed(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """In the writer: another process's object change."""
@@ -1546,11 +1547,16 @@ class Token:
 
         self._call(op)
 
+    @staticmethod
+    def _data_cache_key(application: str, label: str) -> tuple[bytes, int]:
+        """Where ``get_data`` caches a record's handle (beside the keys' handles)."""
+        return (b"data\0" + application.encode() + b"\0" + label.encode(), CKO.DATA)
+
     def get_data(self, application: str, label: str) -> DataObject | None:
         """One record by application and label; the handle is cached like a key's,
         and the record read back on every call confirms it."""
         app = application.encode()
-        cache_key = (b"data\0" + app + b"\0" + label.encode(), CKO.DATA)
+        cache_key = self._data_cache_key(application, label)
 
         def read(s: Session, handle: int) -> DataObject | None:
             a = self._attrs(s.handle, handle, (CKA.APPLICATION, CKA.LABEL, CKA.VALUE))

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from gateway.core.hem.meta import KeyMeta
 from gateway.core.issuers import thumbprint
 from gateway.core.system_keys import is_system_label
+from gateway.token.scangate import softhsm_shared_path
 from tests.hem_helpers import EID, PASSPHRASE, ejwt, login_public
 from tests.service_support import PIN, Server, ServiceSetup, make_setup
 from tests.tokens import SOFTHSM_MODULE
@@ -114,6 +115,20 @@ def second_instance(setup: ServiceSetup, name: str) -> ServiceSetup:
     config = setup.directory / f"{name}.toml"
     config.write_text(text)
     return ServiceSetup(setup.directory, config, port, plain, setup.ca, setup.token_dir, dict(setup.env))
+
+
+def writer_pid(setup: ServiceSetup) -> int | None:
+    """The process holding the SoftHSM2 writer role of the setup's token (gateway/token/writerelay.py),
+    read from the kernel's lock table: the holder of the ``.writer.lock`` flock."""
+    stem = softhsm_shared_path({"SOFTHSM2_CONF": str(setup.token_dir / "softhsm2.conf")}, "")
+    if stem is None:
+        return None
+    inodes = {p.stat().st_ino for p in stem.parent.glob(stem.name + ".*.writer.lock")}
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()  # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"; waiters have "->"
+        if len(fields) >= 6 and fields[1] == "FLOCK" and int(fields[5].rsplit(":", 1)[1]) in inodes:
+            return int(fields[4])
+    return None
 
 
 def supervisor_children(pid: int) -> list[int]:
@@ -300,6 +315,11 @@ async def leftovers_settled(api: Api, deadline: float = 120.0) -> float:
             return time.monotonic() - started
         await asyncio.sleep(2.5)
     raise AssertionError(f"failed creations still not swept after {deadline:.0f} s")
+
+
+def writer_losses(log_text: str) -> int:
+    """Calls a worker sent to the writer process that died during them, from the gateway's logs."""
+    return log_text.count("the writer process went away during")
 
 
 def leftovers_removed(log_text: str) -> int:

@@ -54,6 +54,8 @@ from tests.stress.support import (
     stress_config,
     supervisor_children,
     token_folder,
+    writer_losses,
+    writer_pid,
     written_by,
 )
 
@@ -136,9 +138,14 @@ async def test_derives_survive_faults(tmp_path: Path) -> None:
 
             async def kill_worker(answered: Callable[[], int]) -> str:
                 await _when(answered, jitter(0.2, 0.5))
-                victim = supervisor_children(supervisor)[0]
+                # The worker that makes every object change for both, when there is one: the other must
+                # take over, and find out what the calls it had sent were left at.
+                writer = writer_pid(setup)
+                workers = supervisor_children(supervisor)
+                victim = writer if writer in workers else workers[0]
                 os.kill(victim, signal.SIGKILL)
-                return f"worker {victim} killed with SIGKILL after {answered()} answers"
+                role = "the token's writer" if victim == writer else "not the writer"
+                return f"worker {victim} ({role}) killed with SIGKILL after {answered()} answers"
 
             async def read_only(answered: Callable[[], int]) -> str:
                 await _when(answered, jitter(0.2, 0.4))
@@ -188,6 +195,8 @@ async def test_derives_survive_faults(tmp_path: Path) -> None:
                 f"metadata without key = {len(without_key)}, keys the API does not count = {unlisted}; not sensitive or extractable = {len(check.unprotected)}; "
                 f"secrets found in logs/metrics/audit = {len(found)}")
     extra = len(check.hem) - len(acknowledged)
+    section.add(f"calls sent to the writer worker when it was killed, looked for by the other before making them "
+                f"again: {writer_losses(''.join(s.log_text() for s in [server]))}")
     section.add(f"leftovers of failed derives removed by the gateway's sweeps: "
                 f"{leftovers_removed(''.join(s.log_text() for s in [server]))} (nothing left to sweep "
                 f"{swept_after:.1f} s after the last fault)")
