@@ -27,8 +27,9 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import NotFound, Unsupported
+from gateway.errors import NotFound, TokenUnavailable, Unsupported
 from gateway.token import Curve, HashAlg, SecretSpec, SecretType, Token, Usage
+from gateway.token import token as token_module
 from gateway.token import writerelay
 from gateway.token.types import KeyClass, KeyInfo
 from tests.test_token_primitives import gcm_roundtrip, software_peer, software_z
@@ -264,3 +265,27 @@ def test_a_writer_that_stops_answers_the_call_it_is_running_first(hsm: Token) ->
     finally:
         release.set()
         relay.close()
+
+
+def test_a_writer_that_does_not_answer_fails_the_call_and_its_kid_is_swept(hsm: Token, softhsm_settings,  # type: ignore[no-untyped-def]
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writerelay, "CALL_SECONDS", 0.3)
+    monkeypatch.setattr(token_module, "_WRITER_WAIT_SECONDS", 0.5)
+    release = threading.Event()
+    wedged = writerelay.WriterRelay(hsm._relay.lock_path.parent / f"wedged-{os.getpid()}.writer",  # type: ignore[union-attr]
+                                    lambda name, args, kwargs: release.wait(10))
+    other = Token(softhsm_settings("writerelay", name="follower"))
+    try:
+        assert wedged.leading()
+        other._relay.close()  # type: ignore[union-attr]
+        other._relay = writerelay.WriterRelay(wedged.lock_path.with_suffix(""), other._serve_relayed)
+        kid = os.urandom(16)
+        pending = other.leftovers.pending
+        with pytest.raises(TokenUnavailable, match="does not answer"):
+            _run(other, other.generate_secret, SecretSpec(kid, "wedged", SecretType.AES, 32))
+        assert other.counters["writer_lost"] >= 1
+        assert other.leftovers.pending == pending + 1  # swept later, should the writer still make it
+    finally:
+        release.set()
+        wedged.close()
+        other.close()

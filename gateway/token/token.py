@@ -129,12 +129,13 @@ OBJECT_CHANGING_OPS: Final = frozenset({
     "generate_secret", "generate_keypair", "import_public_key", "import_key_pair", "import_secret",
     "ecdh_derive", "ecdh_hkdf_derive", "hkdf_derive", "set_label", "destroy", "create_data", "destroy_data",
 })
-# The creating ones: which argument names the new key, and the class that shows it complete.
+# The creating ones: which argument names the new key, the class that shows it complete, and
+# whether what a failed call may leave under its kid is swept (the ``creates`` of Token._call).
 _CREATES: Final = {
-    "generate_secret": ("spec", CKO.SECRET_KEY), "import_secret": ("spec", CKO.SECRET_KEY),
-    "ecdh_derive": ("out", CKO.SECRET_KEY), "ecdh_hkdf_derive": ("out", CKO.SECRET_KEY),
-    "hkdf_derive": ("out", CKO.SECRET_KEY), "generate_keypair": ("kid", CKO.PRIVATE_KEY),
-    "import_key_pair": ("kid", CKO.PRIVATE_KEY), "import_public_key": ("kid", CKO.PUBLIC_KEY),
+    "generate_secret": ("spec", CKO.SECRET_KEY, True), "import_secret": ("spec", CKO.SECRET_KEY, True),
+    "ecdh_derive": ("out", CKO.SECRET_KEY, True), "ecdh_hkdf_derive": ("out", CKO.SECRET_KEY, True),
+    "hkdf_derive": ("out", CKO.SECRET_KEY, True), "generate_keypair": ("kid", CKO.PRIVATE_KEY, True),
+    "import_key_pair": ("kid", CKO.PRIVATE_KEY, True), "import_public_key": ("kid", CKO.PUBLIC_KEY, False),
 }
 _NOT_MADE: Any = object()
 
@@ -549,6 +550,8 @@ class Token:
                     made = self._made_by_lost_writer(name, args, kwargs) if maybe_made else _NOT_MADE
                     if made is not _NOT_MADE:
                         return made
+                    if maybe_made:
+                        self._sweep_later(name, args, kwargs)  # a writer taken for lost may still make it
                     raise TokenUnavailable(f"token {self.name!r}: the process that changes its objects does not "
                                            f"answer ({relay.socket_path})") from None
                 time.sleep(0.02)
@@ -561,9 +564,7 @@ class Token:
         bound = self._bound(name, args, kwargs)
         made = _CREATES.get(name)
         if made is not None:
-            value = bound[made[0]]
-            kid = value.kid if isinstance(value, SecretSpec) else value
-            found = self._call(self._exists(kid, made[1]))
+            found = self._call(self._exists(self._created_kid(name, bound), made[1]))
             return found if found is not None else _NOT_MADE
         if name == "destroy":
             kid = bound["kid"]
@@ -574,6 +575,16 @@ class Token:
         if name == "create_data" and self.get_data(bound["application"], bound["label"]) is not None:
             return None
         return _NOT_MADE  # set_label and destroy_data are made again as they are
+
+    @staticmethod
+    def _created_kid(name: str, bound: dict[str, Any]) -> bytes:
+        value = bound[_CREATES[name][0]]
+        return value.kid if isinstance(value, SecretSpec) else value
+
+    def _sweep_later(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        made = _CREATES.get(name)
+        if made is not None and made[2]:
+            self.leftovers.add(self._created_kid(name, self._bound(name, args, kwargs)))
 
     def _after_relayed(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """What the call would have dropped from this process's caches, had it run here."""

@@ -44,6 +44,9 @@ log = logging.getLogger("gateway.token")
 
 _HEADER = struct.Struct(">I")
 _MAX_FRAME = 16 << 20  # a call carries a key's label and a point, a result one KeyInfo
+# A writer that has not answered a call in this long is taken for lost (the call may still be
+# made: the caller looks for it, and sweeps what it may leave, see Token._write).
+CALL_SECONDS = 120.0
 _TYPES = frozenset({"Curve", "SecretType", "HashAlg", "EcdhKdf", "KeyClass", "Usage", "SecretSpec", "KeyInfo",
                     "DataObject"})
 _ERROR_ATTRS = ("mechanism", "setting", "ckr")
@@ -148,15 +151,23 @@ class _Server:
             try:
                 conn, _ = self._sock.accept()
             except OSError:
-                return  # closed
-            uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
-            if uid != os.getuid():
-                log.warning("writer: refused a connection from uid %d on %s", uid, self.path)
+                if self._closed:
+                    return
+                continue  # the peer went away before it was accepted, or no descriptor was free
+            try:
+                uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+                if uid != os.getuid():
+                    log.warning("writer: refused a connection from uid %d on %s", uid, self.path)
+                    conn.close()
+                    continue
+                with self._lock:
+                    self._connections.add(conn)
+                threading.Thread(target=self._serve, args=(conn,), name="pkcs11-writer-call", daemon=True).start()
+            except (OSError, RuntimeError) as exc:  # a peer gone meanwhile; no thread to be had
+                log.warning("writer: dropped a connection on %s (%s)", self.path, exc)
+                with self._lock:
+                    self._connections.discard(conn)
                 conn.close()
-                continue
-            with self._lock:
-                self._connections.add(conn)
-            threading.Thread(target=self._serve, args=(conn,), name="pkcs11-writer-call", daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
         try:
@@ -176,10 +187,10 @@ class _Server:
                         answer = ("err", "InvalidInput", f"refused: {exc}", {})
                     except Exception as exc:  # noqa: BLE001 - every failure goes back to the caller
                         answer = ("err", *encode_error(exc))
-                    self.served += 1
                     _send(conn, dumps(answer))
                 finally:
                     with self._lock:
+                        self.served += 1
                         self._busy -= 1
                         self._lock.notify_all()
         except OSError:
@@ -299,6 +310,7 @@ class WriterRelay:
             if self._idle:
                 return self._idle.pop()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(CALL_SECONDS)
         try:
             sock.connect(str(self.socket_path))
         except PermissionError as exc:  # the writer runs as another user
