@@ -172,6 +172,15 @@ def test_bad_sessions(tmp_path: Path, value: str, detail: str) -> None:
     assert message.endswith(detail)
 
 
+def test_object_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_GATEWAY_PIN", SECRET_PIN)
+    assert load_config(write(tmp_path, token())).token_settings()[0].object_writes == "one-process"
+    own = load_config(write(tmp_path, token(object_writes='"every-process"')))
+    assert own.token_settings()[0].object_writes == "every-process"
+    message = error_of(tmp_path, token(object_writes='"sometimes"'))
+    assert message == 'tokens[0].object_writes: expected one of "one-process", "every-process", got \'sometimes\''
+
+
 def test_second_token_is_named_by_index(tmp_path: Path) -> None:
     message = error_of(tmp_path, token() + token(name='"other"', label="", serial="", ))
     assert message.startswith("tokens[1].label: missing; set tokens[1].label or tokens[1].serial")
