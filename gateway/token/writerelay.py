@@ -296,10 +296,14 @@ class WriterRelay:
             frame = None
         if frame is None:
             sock.close()
+            with self._mutex:
+                # The other idle connections led to the same writer: reusing them would only
+                # lose more calls (each one looked for in the token) before reconnecting.
+                self._drop_connections()
             raise WriterLost()
         with self._mutex:
             self._idle.append(sock)
-        self.relayed += 1
+            self.relayed += 1
         answer = loads(frame)
         if answer[0] == "ok":
             return answer[1]
