@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
 
 from gateway.errors import InvalidInput, NotFound, Unsupported
 from gateway.token import Curve, EcdhKdf, HashAlg, KeyClass, SecretSpec, SecretType, Token, Usage
-from gateway.token.constants import CKA
+from gateway.token.constants import CKA, CKO
 
 SW_EC = {
     Curve.P256: ec.SECP256R1(),
@@ -111,6 +111,20 @@ def test_ecdh_derive_aes_matches_software(token: Token, curve: Curve) -> None:
         gcm_roundtrip(token, out, z[-32:])
         token.destroy(out)
     assert token.ecdh_secret(base, peer=forms["der"]) == z
+    token.destroy(base)
+
+
+def test_ecdh_secret_leaves_no_object(token: Token) -> None:
+    """Z is a readable session object for three calls (made from one shared, non-private
+    template): the value is right every time and nothing stays behind."""
+    base = kid()
+    info = token.generate_keypair(base, "base", Curve.P256, Usage(derive=True))
+    priv, forms = software_peer(Curve.P256)
+    z = software_z(Curve.P256, priv, info.public_key)
+    for _ in range(3):
+        assert token.ecdh_secret(base, peer=forms["uncompressed"]) == z
+    left = token._call(lambda s: token._find(s.handle, {CKA.CLASS: CKO.SECRET_KEY, CKA.LABEL: "ecdh"}))
+    assert left == []
     token.destroy(base)
 
 
