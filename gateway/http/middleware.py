@@ -41,10 +41,10 @@ from gateway import errors
 from gateway.config import ServerConfig
 from gateway.core import metrics
 from gateway.http.errors import Dialect, status_for
-from gateway.logs import ACCESS_LOGGER, REQUEST_ID
+from gateway.logs import REQUEST_ID, AccessLog
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger(ACCESS_LOGGER)
+access_log = AccessLog()
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -98,12 +98,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         elapsed = time.perf_counter() - start
         route = route_label(request)
         metrics.observe_request(route, request.method, status, elapsed)
-        access_log.info(
-            "%s %s %d", request.method, request.rel_url.path, status,
-            extra={"fields": {"method": request.method, "path": request.rel_url.path, "route": route,
-                              "status": status, "duration_ms": round(elapsed * 1000, 3),
-                              "remote": request.remote}},
-        )
+        access_log.write(request.method, request.rel_url.path, route, status, round(elapsed * 1000, 3),
+                         request.remote, request_id)
         REQUEST_ID.reset(token)
 
 
