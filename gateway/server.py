@@ -92,14 +92,20 @@ def vault_hint(config: Config, scheme: str) -> str:
 
 
 async def _refresh_gauges(app_tokens: Callable[[], object]) -> None:
-    """With several workers, keep this worker's pool gauges fresh for whichever worker is scraped."""
+    """With several workers, keep this worker's pool gauges fresh for whichever worker is scraped,
+    and write the counts and timings it holds (metrics._Held) at least every FLUSH_SECONDS."""
     from gateway.core import metrics
 
+    refreshed = 0.0
     while True:
-        tokens = app_tokens()
-        if tokens is not None:
-            metrics.update_token_gauges(tokens)  # type: ignore[arg-type]
-        await asyncio.sleep(GAUGE_REFRESH_SECONDS)
+        now = time.monotonic()
+        if now - refreshed >= GAUGE_REFRESH_SECONDS:
+            tokens = app_tokens()
+            if tokens is not None:
+                metrics.update_token_gauges(tokens)  # type: ignore[arg-type]
+            refreshed = now
+        metrics.flush()
+        await asyncio.sleep(metrics.FLUSH_SECONDS)
 
 
 async def _serve(config: Config, reuse_port: bool, on_ready: Callable[[], None]) -> None:
@@ -149,6 +155,7 @@ async def _serve(config: Config, reuse_port: bool, on_ready: Callable[[], None])
             # Stops listening, waits for in-flight requests up to shutdown_timeout, then runs the
             # app's cleanup (closing the token sessions and logging out).
             await r.cleanup()
+        metrics.flush()  # what this worker still held, before it exits
         log.info("stopped")
 
 

@@ -23,6 +23,7 @@ from tests.service_support import (
     running,
     tls_context,
 )
+from gateway.core.metrics import FLUSH_SECONDS
 from tests.tokens import SOFTHSM_MODULE
 
 MAX_ATTEMPTS = 400
@@ -47,9 +48,15 @@ def test_two_workers_answer_on_one_port(tmp_path: Path) -> None:
         assert all(module in maps_of(pid) for pid in pids)
         assert module not in maps_of(supervisor)
 
-        # Any worker answers /metrics for all of them (prometheus_client multiprocess mode).
-        _, _, text = request(setup, "GET", "/metrics")
-        counted = metric(text.decode(), "gateway_http_requests_total", route="/healthz", method="GET", status="200")
+        # Any worker answers /metrics for all of them (prometheus_client multiprocess mode); the
+        # other worker's counts arrive within its flush interval (metrics.FLUSH_SECONDS).
+        deadline = time.monotonic() + 3 * FLUSH_SECONDS + 5
+        while True:
+            _, _, text = request(setup, "GET", "/metrics")
+            counted = metric(text.decode(), "gateway_http_requests_total", route="/healthz", method="GET", status="200")
+            if counted == requests or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert counted == requests
         assert metric(text.decode(), "gateway_token_sessions_max", token="hsm") == 2 * 4  # 4 sessions per worker
 
