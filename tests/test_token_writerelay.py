@@ -77,6 +77,20 @@ if sys.argv[2] == "die":
         token._serve_relayed(name, args, kwargs)
         os._exit(0)
     relay.handler = made_then_dead
+if sys.argv[2] == "half":
+    # What SoftHSM2's first write of a new secret leaves (the object, no check value yet), then dead.
+    from ctypes import byref, c_ulong
+    from gateway.token.cki import Template
+    from gateway.token.constants import CKA, CKO
+    def half_then_dead(name, args, kwargs):
+        spec = args[0]
+        tpl = Template({CKA.CLASS: CKO.SECRET_KEY, CKA.KEY_TYPE: 0x1F, CKA.TOKEN: True, CKA.PRIVATE: True,
+                        CKA.SENSITIVE: True, CKA.EXTRACTABLE: False, CKA.ID: spec.kid, CKA.LABEL: spec.label,
+                        CKA.VALUE: os.urandom(32), CKA.CHECK_VALUE: b""})
+        out = c_ulong()
+        token._call(lambda s: token.module.fn("C_CreateObject", s.handle, tpl.pointer, tpl.count, byref(out)))
+        os._exit(0)
+    relay.handler = half_then_dead
 assert relay.leading()
 print("leading", flush=True)
 time.sleep(120)
@@ -182,6 +196,28 @@ def test_a_writer_that_dies_during_a_call_leaves_the_caller_its_result(hsm: Toke
         gcm_roundtrip(other, out, z[-32:])
         other.destroy(out)
         other.destroy(base)
+    finally:
+        writer.kill()
+        writer.wait()
+        other.close()
+        hsm._relay = writerelay.WriterRelay(hsm._relay.lock_path.with_suffix(""), hsm._serve_relayed)  # type: ignore[union-attr]
+
+
+def test_a_writer_that_dies_half_way_through_a_new_secret_fails_the_call_and_its_kid_is_swept(
+        hsm: Token, softhsm_settings) -> None:  # type: ignore[no-untyped-def]
+    """An object under the kid without a check value is not the key asked for: 503, swept later."""
+    hsm._relay.close()  # type: ignore[union-attr]
+    other = Token(softhsm_settings("writerelay", name="follower"))
+    writer = _writer(hsm, "half")
+    try:
+        kid = os.urandom(16)
+        pending = other.leftovers.pending
+        with pytest.raises(TokenUnavailable, match="died while making"):
+            _run(other, other.generate_secret, SecretSpec(kid, "half", SecretType.AES, 32, Usage(encrypt=True)))
+        writer.wait(timeout=30)
+        assert other.counters["writer_lost"] == 1
+        assert other.leftovers.pending == pending + 1
+        assert other._call(other._has_check_value(os.urandom(16))) is False
     finally:
         writer.kill()
         writer.wait()

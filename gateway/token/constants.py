@@ -16,6 +16,7 @@ class CKA:
     LABEL = int(Attribute.LABEL)
     APPLICATION = int(Attribute.APPLICATION)
     VALUE = int(Attribute.VALUE)
+    CHECK_VALUE = int(Attribute.CHECK_VALUE)
     KEY_TYPE = int(Attribute.KEY_TYPE)
     ID = int(Attribute.ID)
     SENSITIVE = int(Attribute.SENSITIVE)

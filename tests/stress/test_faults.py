@@ -204,7 +204,8 @@ async def test_derives_survive_faults(tmp_path: Path) -> None:
                 f"the key was written): {max(extra, 0)}; incomplete objects "
                 f"(no CKA_ID, label or value) SoftHSM2 left when the folder turned read-only between its writes of a "
                 f"new object's file: {len(check.incomplete)}")
-    assert check.lost == [], check.lost[:10]
+    assert check.lost == [], [(kid, "unusable" if kid in unusable else "in token" if kid in check.hem else "not in token")
+                              for kid in check.lost[:10]]
     assert check.orphans == [], check.orphans[:10]
     # SoftHSM2 creates a new object's file, writes its attributes, and removes it when the call fails; when
     # the folder turns read-only in between, what was written stays.  Nothing can find such an object (no
