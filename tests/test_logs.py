@@ -77,30 +77,33 @@ def test_a_full_hold_is_written_at_once_and_close_writes_the_rest(handler: tuple
     assert messages(stream)[-1] == "GET /last 200"
 
 
-def test_setting_logging_up_again_writes_what_the_old_handler_held() -> None:
+@pytest.fixture()
+def root_logging() -> Iterator[logging.Logger]:
+    """The root logger, with its handlers and level put back afterwards."""
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
+    yield root
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    for handler in saved[0]:
+        root.addHandler(handler)
+    root.setLevel(saved[1])
+
+
+def test_setting_logging_up_again_writes_what_the_old_handler_held(root_logging: logging.Logger) -> None:
     first, second = io.StringIO(), io.StringIO()
-    try:
-        setup_logging("info", "json", first)
-        logging.getLogger(ACCESS_LOGGER).info("GET /a 200")
-        assert first.getvalue() == ""
-        setup_logging("info", "json", second)
-        assert messages(first) == ["GET /a 200"]
-    finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-            handler.close()
-        for handler in saved[0]:
-            root.addHandler(handler)
-        root.setLevel(saved[1])
+    setup_logging("info", "json", first)
+    logging.getLogger(ACCESS_LOGGER).info("GET /a 200")
+    assert first.getvalue() == ""
+    setup_logging("info", "json", second)
+    assert messages(first) == ["GET /a 200"]
 
 
-def test_access_lines_built_directly_match_the_logging_path() -> None:
+def test_access_lines_built_directly_match_the_logging_path(root_logging: logging.Logger) -> None:
     """AccessLog writes, straight to the LineHandler, the line logging would write; with anything
     else on the way (a filter, another handler, a level) it goes through logging."""
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
+    root = root_logging
     stream = io.StringIO()
     access = AccessLog()
 
@@ -111,45 +114,37 @@ def test_access_lines_built_directly_match_the_logging_path() -> None:
         stream.seek(0)
         return lines
 
+    setup_logging("info", "json", stream)
+    assert access._direct_sink() is root.handlers[0]
+    token = REQUEST_ID.set("rid-direct")
     try:
-        setup_logging("info", "json", stream)
-        assert access._direct_sink() is root.handlers[0]
-        token = REQUEST_ID.set("rid-direct")
-        try:
-            access.write("POST", "/api/x", "/api/{x}", 201, 1.234, "127.0.0.1", "rid-direct")
-            assert stream.getvalue() == ""  # held like any access line
-            direct = written()
-            root.addFilter(lambda r: True)  # any filter: logging's way
-            assert access._direct_sink() is None
-            access.write("POST", "/api/x", "/api/{x}", 201, 1.234, "127.0.0.1", "rid-direct")
-            via_logging = written()
-        finally:
-            REQUEST_ID.reset(token)
-            root.filters.clear()
-        assert len(direct) == len(via_logging) == 1
-        ts = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00"
-        assert re.fullmatch(ts, str(direct[0].pop("ts"))) and re.fullmatch(ts, str(via_logging[0].pop("ts")))
-        assert list(direct[0].items()) == list(via_logging[0].items())
-        assert direct[0]["msg"] == "POST /api/x 201" and direct[0]["request_id"] == "rid-direct"
-
-        caught = io.StringIO()
-        extra = logging.StreamHandler(caught)
-        logging.getLogger(ACCESS_LOGGER).addHandler(extra)  # as pytest's caplog does
-        try:
-            assert access._direct_sink() is None
-            access.write("GET", "/b", "/b", 200, 0.5, None, None)
-            assert "GET /b 200" in caught.getvalue()
-        finally:
-            logging.getLogger(ACCESS_LOGGER).removeHandler(extra)
-        assert [line["msg"] for line in written()] == ["GET /b 200"]  # and on to the root handler
-        setup_logging("warning", "json", stream)
-        assert access._direct_sink() is None  # access lines are INFO: not written at all
-        access.write("GET", "/c", "/c", 200, 0.5, None, None)
-        assert written() == []
+        access.write("POST", "/api/x", "/api/{x}", 201, 1.234, "127.0.0.1", "rid-direct")
+        assert stream.getvalue() == ""  # held like any access line
+        direct = written()
+        root.addFilter(lambda r: True)  # any filter: logging's way
+        assert access._direct_sink() is None
+        access.write("POST", "/api/x", "/api/{x}", 201, 1.234, "127.0.0.1", "rid-direct")
+        via_logging = written()
     finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-            handler.close()
-        for handler in saved[0]:
-            root.addHandler(handler)
-        root.setLevel(saved[1])
+        REQUEST_ID.reset(token)
+        root.filters.clear()
+    assert len(direct) == len(via_logging) == 1
+    ts = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00"
+    assert re.fullmatch(ts, str(direct[0].pop("ts"))) and re.fullmatch(ts, str(via_logging[0].pop("ts")))
+    assert list(direct[0].items()) == list(via_logging[0].items())
+    assert direct[0]["msg"] == "POST /api/x 201" and direct[0]["request_id"] == "rid-direct"
+
+    caught = io.StringIO()
+    extra = logging.StreamHandler(caught)
+    logging.getLogger(ACCESS_LOGGER).addHandler(extra)  # as pytest's caplog does
+    try:
+        assert access._direct_sink() is None
+        access.write("GET", "/b", "/b", 200, 0.5, None, None)
+        assert "GET /b 200" in caught.getvalue()
+    finally:
+        logging.getLogger(ACCESS_LOGGER).removeHandler(extra)
+    assert [line["msg"] for line in written()] == ["GET /b 200"]  # and on to the root handler
+    setup_logging("warning", "json", stream)
+    assert access._direct_sink() is None  # access lines are INFO: not written at all
+    access.write("GET", "/c", "/c", 200, 0.5, None, None)
+    assert written() == []
