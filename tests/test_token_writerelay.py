@@ -31,6 +31,7 @@ from gateway.errors import NotFound, TokenUnavailable, Unsupported
 from gateway.token import Curve, HashAlg, SecretSpec, SecretType, Token, Usage
 from gateway.token import token as token_module
 from gateway.token import writerelay
+from gateway.token.constants import CKO
 from gateway.token.types import KeyClass, KeyInfo
 from tests.test_token_primitives import gcm_roundtrip, software_peer, software_z
 from tests.tokens import SOFTHSM_MODULE, SOFTHSM_PIN
@@ -217,7 +218,7 @@ def test_a_writer_that_dies_half_way_through_a_new_secret_fails_the_call_and_its
         writer.wait(timeout=30)
         assert other.counters["writer_lost"] == 1
         assert other.leftovers.pending == pending + 1
-        assert other._call(other._has_check_value(os.urandom(16))) is False
+        assert other._call(other._left_by_writer(os.urandom(16), CKO.SECRET_KEY)) == (None, True)  # nothing: not made
     finally:
         writer.kill()
         writer.wait()

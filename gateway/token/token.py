@@ -566,10 +566,8 @@ class Token:
         made = _CREATES.get(name)
         if made is not None:
             kid = self._created_kid(name, bound)
-            found = self._call(self._exists(kid, made[1]))
-            if found is None:
-                return _NOT_MADE
-            if made[1] == CKO.SECRET_KEY and not self._call(self._has_check_value(kid)):
+            found, whole = self._call(self._left_by_writer(kid, made[1]))
+            if not whole:
                 # SoftHSM2 (the only module with a writer) stores a new secret's value and check
                 # value in a second write of the object's file: a writer killed between the two
                 # leaves an object with the kid and no value, which is not a key (make test,
@@ -577,7 +575,7 @@ class Token:
                 self._sweep_later(name, args, kwargs)
                 raise TokenUnavailable(f"token {self.name!r}: the process that changes its objects died while "
                                        f"making key {kid.hex()}; nothing was kept, try again")
-            return found
+            return found if found is not None else _NOT_MADE
         if name == "destroy":
             kid = bound["kid"]
             left = self._call(lambda s: self._find_fresh(s.handle, {CKA.TOKEN: True, CKA.ID: kid}, 1))
@@ -793,26 +791,18 @@ class Token:
         )
         return h_pub.value, h_priv.value
 
-    def _derive(self, session: int, mech: Mechanism, base: int, spec: SecretSpec | None,
-                extra: dict[int, Any] | None = None, template: Template | None = None) -> int:
-        """C_DeriveKey into a secret of ``spec`` (updated with ``extra``), or of a prebuilt ``template``."""
-        if template is not None:
-            tpl = template
-        else:
-            assert spec is not None
-            attrs = self._secret_template(spec)
-            if extra:
-                attrs.update(extra)
-            tpl = Template(attrs)
+    def _derive(self, session: int, mech: Mechanism, base: int, out: SecretSpec | Template) -> int:
+        """C_DeriveKey into a secret of spec ``out``, or of a prebuilt template."""
+        tpl = out if isinstance(out, Template) else Template(self._secret_template(out))
         out = c_ulong()
         self.module.fn("C_DeriveKey", session, mech.pointer, base, tpl.pointer, tpl.count, byref(out))
         return out.value
 
-    def _ecdh(self, session: int, base: int, point: bytes, spec: SecretSpec | None, kdf: EcdhKdf, shared: bytes,
-              extra: dict[int, Any] | None = None, template: Template | None = None) -> int:
+    def _ecdh(self, session: int, base: int, point: bytes, out: SecretSpec | Template, kdf: EcdhKdf,
+              shared: bytes) -> int:
         pub_buf, shared_buf = byte_buffer(point), byte_buffer(shared)
         params = CK_ECDH1_DERIVE_PARAMS(ECDH_KDF_VALUES[kdf], len(shared), address(shared_buf), len(point), address(pub_buf))
-        return self._derive(session, Mechanism(CKM.ECDH1_DERIVE, params, (pub_buf, shared_buf)), base, spec, extra, template)
+        return self._derive(session, Mechanism(CKM.ECDH1_DERIVE, params, (pub_buf, shared_buf)), base, out)
 
     def _hkdf(self, session: int, base: int, salt: bytes | None, info: bytes, hash_alg: HashAlg, spec: SecretSpec) -> int:
         salt_buf, info_buf = byte_buffer(salt or b""), byte_buffer(info)
@@ -1002,16 +992,23 @@ class Token:
             self._forget(kid)
             return op(resolve())
 
-    def _has_check_value(self, kid: bytes) -> Callable[[Session], bool]:
-        """Whether the secret key ``kid`` has a CKA_CHECK_VALUE (SoftHSM2 writes it with the value)."""
-        def check(session: Session) -> bool:
-            found = self._find(session.handle, {CKA.TOKEN: True, CKA.CLASS: CKO.SECRET_KEY, CKA.ID: kid}, 1)
+    def _left_by_writer(self, kid: bytes, cls: int) -> Callable[[Session], tuple[KeyInfo | None, bool]]:
+        """(the key ``kid`` of class ``cls``, or None; whether what is there is whole), in one scan.
+
+        A secret is whole once it has a CKA_CHECK_VALUE: SoftHSM2 writes it with the value.
+        """
+        def check(session: Session) -> tuple[KeyInfo | None, bool]:
+            found = self._find(session.handle, {CKA.TOKEN: True, CKA.CLASS: cls, CKA.ID: kid}, 1)
             if not found:
-                return False
-            try:
-                return bool(self._read_one(session.handle, found[0], CKA.CHECK_VALUE, 16))
-            except CKRError:
-                return False
+                return None, True
+            if cls == CKO.SECRET_KEY:
+                try:
+                    whole = bool(self._read_one(session.handle, found[0], CKA.CHECK_VALUE, 16))
+                except CKRError:
+                    whole = False
+                if not whole:
+                    return None, False
+            return self._info(session.handle, kid), True
         return check
 
     def _exists(self, kid: bytes, cls: int) -> Callable[[Session], KeyInfo | None]:
@@ -1311,8 +1308,7 @@ class Token:
             template = self._z_template(curve.field_bytes)
             z = self._with_handle_retry(
                 base_kid, base, lambda: self._private(s.handle, base_kid)[0],
-                lambda h: self._ecdh(s.handle, self._ecdh_base(s.handle, base_kid, h), point, None, EcdhKdf.NULL, b"",
-                                     template=template),
+                lambda h: self._ecdh(s.handle, self._ecdh_base(s.handle, base_kid, h), point, template, EcdhKdf.NULL, b""),
             )
             try:
                 value = self._read_one(s.handle, z, CKA.VALUE, curve.field_bytes)
