@@ -279,3 +279,27 @@ async def test_a_segment_moved_away_is_not_appended_to(token: Token, tmp_path: P
     assert moved.read_bytes() == before
     assert [r["seq"] for _, _, r in lines(tmp_path / "log")] == [1]  # a new log, as after any removal
     log.close()
+
+
+def test_a_records_canonical_form_is_written_out_as_json_would_sort_and_escape_it() -> None:
+    """AuditEvent.canonical (the audit thread's fast path) equals canonical(body) byte for byte:
+    what verify recomputes from the stored line."""
+    import random
+
+    from gateway.core.audit import MAX_DETAIL_CHARS, MAX_KIDS, canonical
+
+    rng = random.Random(6)
+    alphabet = 'aZ09 "\\/\n\t\x00\x7f\u00e9\u20ac\U0001f511<>&:,{}[]' + "'"
+
+    def text(most: int) -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randrange(most)))
+
+    for i in range(500):
+        event = AuditEvent(
+            event=text(20), result=rng.choice(list(AuditResult)), status=rng.choice([200, 201, 401, 403, 406, 503]),
+            subject=text(260), kids=tuple(text(40) for _ in range(rng.randrange(MAX_KIDS + 3))),
+            request_id=text(160), dialect=rng.choice(["hem", "vault", ""]), code=rng.choice([None, 0, 26, 1234]),
+            detail=rng.choice(["", text(MAX_DETAIL_CHARS + 40)]), time=rng.uniform(0, 4e9),
+        )
+        seq = rng.randrange(1, 1 << 40)
+        assert event.canonical(seq) == canonical(event.body(seq)), i
