@@ -134,6 +134,25 @@ def test_access_lines_built_directly_match_the_logging_path(root_logging: loggin
     assert list(direct[0].items()) == list(via_logging[0].items())
     assert direct[0]["msg"] == "POST /api/x 201" and direct[0]["request_id"] == "rid-direct"
 
+    # Spelled as json spells it: no request id, no remote, quotes, backslashes, non-ASCII, a whole number.
+    odd = ("GET", '/a"b\\c/\u00e9\u20ac\U0001f511\n', "unmatched", 404, 2.0, None, None)
+    lines = {}
+    for way in ("direct", "logging"):
+        if way == "logging":
+            root.addFilter(lambda r: True)
+        try:
+            access.write(*odd)
+            stream.seek(0)
+            root.handlers[0].flush()
+            raw = stream.getvalue().splitlines()
+            stream.truncate(0)
+            stream.seek(0)
+        finally:
+            root.filters.clear()
+        assert len(raw) == 1
+        lines[way] = re.sub(r'"ts": "[^"]*"', '"ts": "-"', raw[0])
+    assert lines["direct"] == lines["logging"]  # byte for byte, timestamps aside
+
     caught = io.StringIO()
     extra = logging.StreamHandler(caught)
     logging.getLogger(ACCESS_LOGGER).addHandler(extra)  # as pytest's caplog does
