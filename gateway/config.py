@@ -53,6 +53,7 @@ DEFAULT_REQUEST_TIMEOUT: Final = 30.0  # seconds, whole request including the bo
 DEFAULT_READINESS_TIMEOUT: Final = 5.0  # seconds; a hung token turns /readyz red, not hung
 DEFAULT_SHUTDOWN_TIMEOUT: Final = 30.0  # seconds for in-flight requests after SIGTERM
 MAX_WORKERS: Final = 64
+CPU_AFFINITY_CHOICES: Final = ("auto", "off")  # server.cpu_affinity
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("json", "text")
 MAX_SESSIONS: Final = 1024
@@ -92,6 +93,9 @@ class ServerConfig:
     readiness_timeout: float = DEFAULT_READINESS_TIMEOUT
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     workers: int = 1
+    # "auto": with as many workers as CPUs (or a multiple), each worker keeps to one CPU
+    # (gateway/server.py, worker_cpus); "off": the kernel places them.
+    cpu_affinity: str = "auto"
     # Optional plain-HTTP listener serving only /healthz, /readyz and /metrics.
     plain_host: str | None = None
     plain_port: int | None = None
@@ -513,6 +517,7 @@ def _parse_server(table: _Table) -> ServerConfig:
     readiness_timeout = table.seconds("readiness_timeout", DEFAULT_READINESS_TIMEOUT, 0.1, 600)
     shutdown_timeout = table.seconds("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT, 0, 3600)
     workers = table.integer("workers", 1, 1, MAX_WORKERS)
+    cpu_affinity = table.choice("cpu_affinity", "auto", CPU_AFFINITY_CHOICES)
     plain = _parse_address(table, "plain_listen")
     if plain is not None and plain == (host, port):
         raise table.error("plain_listen", f"is the same address as {table.key('listen')}; "
@@ -522,7 +527,7 @@ def _parse_server(table: _Table) -> ServerConfig:
     return ServerConfig(host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, trusted_proxies=trusted_proxies,
                         max_body_bytes=max_body_bytes, request_timeout=request_timeout,
                         readiness_timeout=readiness_timeout, shutdown_timeout=shutdown_timeout, workers=workers,
-                        plain_host=None if plain is None else plain[0],
+                        cpu_affinity=cpu_affinity, plain_host=None if plain is None else plain[0],
                         plain_port=None if plain is None else plain[1], fault_hooks=fault_hooks)
 
 

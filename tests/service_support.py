@@ -101,13 +101,15 @@ SOFTHSM2_CONF = "{conf}"
 class Server:
     """`gateway serve` as a child process; stdout is watched for the ready banner."""
 
-    def __init__(self, setup: ServiceSetup, *args: str) -> None:
+    def __init__(self, setup: ServiceSetup, *args: str, cpus: set[int] | None = None) -> None:
+        """``cpus``: the CPUs the server may use (as under ``taskset``); default, this process's."""
         self.setup = setup
         self.log_path = setup.directory / f"server-{time.monotonic_ns()}.log"
         self._log: IO[bytes] = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "serve", "--config", str(setup.config), *args],
             stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL, env=setup.env,
+            preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
         )
         self.stdout: list[str] = []
         self._lines: queue.Queue[str | None] = queue.Queue()
@@ -173,8 +175,8 @@ class Server:
 
 
 @contextlib.contextmanager
-def running(setup: ServiceSetup, *args: str) -> Iterator[Server]:
-    server = Server(setup, *args)
+def running(setup: ServiceSetup, *args: str, cpus: set[int] | None = None) -> Iterator[Server]:
+    server = Server(setup, *args, cpus=cpus)
     try:
         server.wait_ready()
         yield server

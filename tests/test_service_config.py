@@ -41,7 +41,7 @@ def test_defaults(tmp_path: Path) -> None:
     config = load(tmp_path, "")
     server = config.server
     assert (server.host, server.port) == ("127.0.0.1", 8443)
-    assert (server.workers, server.max_body_bytes) == (1, DEFAULT_MAX_BODY_BYTES)
+    assert (server.workers, server.max_body_bytes, server.cpu_affinity) == (1, DEFAULT_MAX_BODY_BYTES, "auto")
     assert (server.request_timeout, server.readiness_timeout, server.shutdown_timeout) == (30.0, 5.0, 30.0)
     assert server.plain_listen is None
     assert (config.logging.level, config.logging.format) == ("info", "json")
@@ -52,6 +52,7 @@ def test_all_service_keys(tmp_path: Path) -> None:
         [server]
         listen = "[::1]:9443"
         workers = 4
+        cpu_affinity = "off"
         max_body_bytes = 4096
         request_timeout = 2.5
         readiness_timeout = 1
@@ -63,6 +64,7 @@ def test_all_service_keys(tmp_path: Path) -> None:
         """)
     server = config.server
     assert (server.host, server.port, server.workers, server.max_body_bytes) == ("::1", 9443, 4, 4096)
+    assert server.cpu_affinity == "off"
     assert (server.request_timeout, server.readiness_timeout, server.shutdown_timeout) == (2.5, 1.0, 0.0)
     assert (server.plain_host, server.plain_port, server.plain_listen) == ("127.0.0.1", 9090, "127.0.0.1:9090")
     assert (config.logging.level, config.logging.format) == ("debug", "text")
@@ -74,6 +76,7 @@ def test_all_service_keys(tmp_path: Path) -> None:
         ("[server]\nworkers = 0", "server.workers: expected an integer from 1 to 64, got 0"),
         ("[server]\nworkers = 65", "server.workers: expected an integer from 1 to 64, got 65"),
         ('[server]\nworkers = "2"', "server.workers: expected an integer from 1 to 64, got a string"),
+        ('[server]\ncpu_affinity = "on"', 'server.cpu_affinity: expected one of "auto", "off", got \'on\''),
         ("[server]\nmax_body_bytes = 10", "server.max_body_bytes: expected an integer from 1024 to 1073741824, got 10"),
         ('[server]\nrequest_timeout = "30s"', "server.request_timeout: expected a number of seconds from 0.1 to 3600, got a string"),
         ("[server]\nrequest_timeout = 0", "server.request_timeout: expected a number of seconds from 0.1 to 3600, got 0"),

@@ -11,6 +11,8 @@ import ssl
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.service_support import (
     ServiceSetup,
     get_json,
@@ -24,6 +26,7 @@ from tests.service_support import (
     tls_context,
 )
 from gateway.core.metrics import FLUSH_SECONDS
+from gateway.server import worker_cpus
 from tests.tokens import SOFTHSM_MODULE
 
 MAX_ATTEMPTS = 400
@@ -225,3 +228,70 @@ def _state(pid: int) -> str:
     except OSError:
         return "gone"
     return ""
+
+
+def _cpus_of(pid: int) -> set[frozenset[int]]:
+    """The CPU sets of every thread of ``pid``."""
+    return {frozenset(os.sched_getaffinity(int(tid))) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+def _two_pids(setup: ServiceSetup) -> set[int]:
+    pids: set[int] = set()
+    attempts = 0
+    while len(pids) < 2:
+        attempts += 1
+        assert attempts < MAX_ATTEMPTS
+        try:
+            pids.add(get_json(setup, "/healthz")[1]["pid"])
+        except OSError:  # a connection a killed worker had accepted
+            continue
+    return pids
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_two_workers_on_two_cpus_keep_to_one_cpu_each(tmp_path: Path) -> None:
+    """server.cpu_affinity = "auto" (the default): every thread of a worker on its own CPU, and
+    a replacement worker on the CPU of the one it replaces; "off" leaves them to the kernel."""
+    two = set(sorted(os.sched_getaffinity(0))[:2])
+    setup = make_setup(tmp_path)
+    with running(setup, "--workers", "2", cpus=two) as server:
+        pids = _two_pids(setup)
+        placed = {pid: _cpus_of(pid) for pid in pids}
+        assert all(len(sets) == 1 and len(next(iter(sets))) == 1 for sets in placed.values()), placed
+        assert set().union(*(next(iter(sets)) for sets in placed.values())) == two
+        assert server.proc.pid not in pids and _cpus_of(server.proc.pid) == {frozenset(two)}
+
+        victim = min(pids)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while True:
+            assert time.monotonic() < deadline, "no replacement worker"
+            try:
+                pid = get_json(setup, "/healthz")[1]["pid"]
+            except OSError:
+                continue
+            if pid not in pids:
+                break
+        assert _cpus_of(pid) == placed[victim]
+        assert server.stop() == 0
+    assert any(f"on CPU {min(two)}" in e["msg"] for e in server.log_entries())
+
+    setup = make_setup(tmp_path / "off", server='cpu_affinity = "off"')
+    with running(setup, "--workers", "2", cpus=two) as server:
+        assert all(_cpus_of(pid) == {frozenset(two)} for pid in _two_pids(setup))
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("workers", "allowed", "expected"),
+    [
+        (2, {0, 1}, [{0}, {1}]),
+        (4, {0, 1}, [{0}, {1}, {0}, {1}]),  # two workers per CPU
+        (2, {3, 5}, [{3}, {5}]),  # the CPUs the supervisor may use, not 0..n-1
+        (1, {0, 1}, [None]),  # one process: its token threads may use the other CPU
+        (2, {0, 1, 2, 3}, [None, None]),  # fewer workers than CPUs: idle CPUs for token threads
+        (3, {0, 1}, [None, None, None]),  # one CPU would get two workers, the other one
+    ],
+)
+def test_worker_cpus(workers: int, allowed: set[int], expected: list[set[int] | None]) -> None:
+    assert [worker_cpus(slot, workers, allowed) for slot in range(workers)] == expected
