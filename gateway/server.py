@@ -50,6 +50,7 @@ RESTART_WINDOW_SECONDS: Final = 60.0
 # Slack for a worker to close its tokens after its in-flight requests are done.
 STOP_MARGIN_SECONDS: Final = 15.0
 _PR_SET_PDEATHSIG: Final = 1
+WORKER_CPU_ENV: Final = "GATEWAY_WORKER_CPU"  # from the supervisor: the CPU a worker keeps to (worker_cpus)
 
 
 def banner(config: Config, workers: int) -> str:
@@ -173,6 +174,11 @@ def _is_close_timeout(exc: BaseException) -> bool:
 
 def run_worker(config: Config, *, reuse_port: bool = False, on_ready: Callable[[], None] = lambda: None) -> int:
     """Serve until SIGTERM/SIGINT; return the exit code.  Blocks."""
+    cpu = os.environ.pop(WORKER_CPU_ENV, "")
+    if cpu:
+        from gateway.token.lanes import keep_to_cpus
+
+        keep_to_cpus({int(cpu)})  # before any token or audit thread starts: they inherit it
     try:
         asyncio.run(_serve(config, reuse_port, on_ready))
     except Exception as exc:
@@ -234,19 +240,6 @@ def worker_cpus(slot: int, workers: int, allowed: set[int]) -> set[int] | None:
     return {cpus[slot % len(cpus)]}
 
 
-def _worker_preexec(cpus: set[int] | None) -> Callable[[], None]:
-    """In the child before exec: die with the supervisor, and keep to ``cpus`` (inherited by exec
-    and by every thread the worker starts)."""
-
-    def preexec() -> None:
-        _die_with_parent()
-        if cpus is not None:
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(0, cpus)
-
-    return preexec
-
-
 @dataclass
 class _Worker:
     slot: int
@@ -280,14 +273,16 @@ class Supervisor:
         try:
             proc = subprocess.Popen(
                 self.worker_argv(write_fd), pass_fds=(write_fd,), stdin=subprocess.DEVNULL,
-                env={**os.environ, MULTIPROC_ENV: self._metrics_dir}, preexec_fn=_worker_preexec(cpus),
+                env={**os.environ, MULTIPROC_ENV: self._metrics_dir,
+                     **({WORKER_CPU_ENV: str(min(cpus))} if cpus is not None else {})},
+                preexec_fn=_die_with_parent,
             )
         except BaseException:
             os.close(read_fd)
             raise
         finally:
             os.close(write_fd)
-        where = "" if cpus is None else f" on CPU {min(cpus)}"
+        where = "" if cpus is None else f" on CPU {min(cpus)}"  # the worker keeps to it (run_worker)
         log.info("started worker %d (pid %d)%s", slot, proc.pid, where)
         return _Worker(slot, proc, read_fd)
 

@@ -8,10 +8,15 @@ import asyncio
 import os
 import threading
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pytest
 
-from gateway.token.lanes import Lane
+from gateway.token import lanes
+from gateway.token.lanes import Lane, keep_to_cpus, spread_while
+
+T = TypeVar("T")
 
 
 async def test_results_and_errors_come_back_to_the_caller() -> None:
@@ -124,3 +129,71 @@ async def test_lane_threads_do_not_preempt_the_event_loop_on_wake_up() -> None:
         assert os.sched_getscheduler(0) == os.SCHED_OTHER
     finally:
         lane.close()
+
+
+def _in_a_kept_thread(cpu: int, body: Callable[[], T]) -> T:
+    """Run ``body`` in a new thread after ``keep_to_cpus({cpu})``, as a placed worker's main thread
+    runs (so the pytest thread keeps its CPUs)."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            keep_to_cpus({cpu})
+            out.append(("ok", body()))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test
+            out.append(("err", exc))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(60)
+    kind, value = out[0]
+    if kind == "err":
+        raise value
+    return value
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_a_kept_worker_s_lanes_stay_on_its_cpu_while_calls_are_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    """keep_to_cpus: lane threads started afterwards keep to the CPU while their calls are short,
+    use every CPU while their average call is long (_Placement), and come back after; a
+    ``spread`` lane and ``spread_while`` use every CPU."""
+    monkeypatch.setattr(lanes, "_spread_cpus", None)  # keep_to_cpus sets it for the process
+    every = frozenset(os.sched_getaffinity(0))
+    cpu = min(every)
+    where = lambda: frozenset(os.sched_getaffinity(0))  # noqa: E731
+
+    def body() -> dict[str, Any]:
+        lane, spread = Lane(1, "kept"), Lane(1, "spread", spread=True)
+        try:
+            async def calls() -> dict[str, Any]:
+                def long() -> frozenset[int]:
+                    time.sleep(0.003)
+                    return where()
+
+                seen: dict[str, Any] = {"caller": where()}
+                seen["short"] = {await lane.run(where) for _ in range(20)}
+                seen["long"] = [await lane.run(long) for _ in range(30)]
+                seen["short again"] = [await lane.run(where) for _ in range(60)]
+                seen["spread lane"] = await spread.run(where)
+
+                def in_spread_while() -> tuple[frozenset[int], frozenset[int]]:
+                    with spread_while():
+                        during = where()
+                    return during, where()
+
+                seen["spread_while"] = await lane.run(in_spread_while)
+                return seen
+
+            return asyncio.run(calls())
+        finally:
+            lane.close()
+            spread.close()
+
+    seen = _in_a_kept_thread(cpu, body)
+    home = frozenset({cpu})
+    assert seen["caller"] == home and seen["short"] == {home}
+    assert seen["long"][0] == home and seen["long"][-1] == every  # after the average passed 1 ms
+    assert seen["short again"][-1] == home
+    assert seen["spread lane"] == every
+    assert seen["spread_while"] == (every, home)
+    assert where() == every  # the test's own thread was never narrowed

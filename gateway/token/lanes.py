@@ -19,12 +19,14 @@ call whose caller went away is dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
+import time
 import weakref
 from collections import deque
 from queue import Empty, SimpleQueue
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Final, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -84,10 +86,97 @@ def _mildly_disfavoured() -> None:
         pass
 
 
-class Lane:
-    """``threads`` worker threads taking blocking calls in arrival order."""
+# The CPUs this process could use before keep_to_cpus narrowed them (None: never narrowed).
+_spread_cpus: set[int] | None = None
 
-    def __init__(self, threads: int, name: str) -> None:
+
+def keep_to_cpus(cpus: set[int]) -> None:
+    """Keep the calling thread, and every thread it starts from now on, to ``cpus`` (Linux).
+
+    A worker calls this first thing when its supervisor placed it (gateway/server.py,
+    ``worker_cpus``): the hand-overs between its event loop, token threads and audit
+    thread then wake a thread on the same CPU.  Threads that serve every process on
+    the token (SoftHSM2's writer, writerelay.py) call :func:`spread_out`.
+    """
+    global _spread_cpus
+    try:
+        before = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, cpus)
+    except (AttributeError, OSError):  # not Linux, or a CPU this process may not use
+        return
+    _spread_cpus = before
+
+
+def spread_out() -> None:
+    """Let the calling thread use every CPU the process could before :func:`keep_to_cpus`.
+
+    For threads whose calls are long (SoftHSM2 writes object files) and come from
+    every worker: kept to one worker's CPU, all the token's writes would queue there.
+    """
+    if _spread_cpus is not None:
+        try:
+            os.sched_setaffinity(0, _spread_cpus)
+        except OSError:
+            pass
+
+
+@contextlib.contextmanager
+def spread_while() -> Iterator[None]:
+    """:func:`spread_out` for the duration of a long call on a thread kept to one CPU."""
+    if _spread_cpus is None:
+        yield
+        return
+    mine = os.sched_getaffinity(0)
+    spread_out()
+    try:
+        yield
+    finally:
+        try:
+            os.sched_setaffinity(0, mine)
+        except OSError:
+            pass
+
+
+class _Placement:
+    """Where a lane thread of a worker kept to one CPU runs: on that CPU while its calls are
+    short, on every CPU while they are long.
+
+    Handing a short call (ECDH on SoftHSM2: about 0.15 ms) to a thread on the
+    event loop's CPU saves a cross-CPU wake-up, which costs about as much as the
+    call.  A long call (storing a key on SoftHSM2: milliseconds of file work, or a
+    lookup after another process's write) gains nothing from that, and with
+    every lane thread on one CPU such calls queue there while the other CPU
+    idles: derive-and-store at c=16 fell from 2.1 to 1.5-1.8 of the raw loop
+    with every thread kept (``make bench``, ``gw-hem-derive``).  So each lane
+    thread follows the running average of its own calls, with hysteresis.
+    """
+
+    SPREAD_ABOVE: Final = 0.001  # seconds, average call time
+    KEEP_BELOW: Final = 0.0005
+    WEIGHT: Final = 0.1  # of the newest call in the average (about the last 10 calls)
+
+    def __init__(self) -> None:
+        self.home = os.sched_getaffinity(0)
+        self.average = 0.0
+        self.spread = False
+
+    def took(self, seconds: float) -> None:
+        self.average += (seconds - self.average) * self.WEIGHT
+        if not self.spread and self.average > self.SPREAD_ABOVE:
+            self.spread = True
+            spread_out()
+        elif self.spread and self.average < self.KEEP_BELOW:
+            self.spread = False
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, self.home)
+
+
+class Lane:
+    """``threads`` worker threads taking blocking calls in arrival order (``spread``: on every
+    CPU the process may use, see :func:`spread_out`)."""
+
+    def __init__(self, threads: int, name: str, *, spread: bool = False) -> None:
+        self._spread = spread
         self._jobs: SimpleQueue[Any] = SimpleQueue()
         self._answers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Answers] = weakref.WeakKeyDictionary()
         self._closed = False
@@ -109,6 +198,9 @@ class Lane:
 
     def _work(self) -> None:
         _mildly_disfavoured()
+        if self._spread:
+            spread_out()
+        placement = _Placement() if _spread_cpus is not None and not self._spread else None
         jobs = self._jobs
         while True:
             job = jobs.get()
@@ -117,12 +209,15 @@ class Lane:
             call, future, answers = job
             if future.done():  # cancelled while queued: never start it
                 continue
+            started = time.perf_counter()
             try:
                 result = call()
             except BaseException as exc:  # noqa: BLE001 - the caller gets it
                 answers.put(future, None, exc)
             else:
                 answers.put(future, result, None)
+            if placement is not None:
+                placement.took(time.perf_counter() - started)
 
     def close(self) -> None:
         """Cancel the calls still queued, let running ones finish, stop the threads."""

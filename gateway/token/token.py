@@ -52,7 +52,7 @@ from .constants import (
     TOKEN_GONE,
 )
 from .curves import CURVE_BY_PARAMS, KeygenRecipe, candidates, decode_ec_point
-from .lanes import Lane
+from .lanes import Lane, spread_while
 from .leftovers import LeftoverSweeper
 from .module import Module, SlotNotFound, load_module
 from .peer import normalize_peer
@@ -182,7 +182,7 @@ class Token:
         self._lane = Lane(settings.sessions, f"pkcs11-{self.name}")
         # A token that stores objects one at a time gets its object-changing calls on one
         # thread, in arrival order, instead of racing for its lock (reads stay parallel).
-        self._writer = Lane(1, f"pkcs11-{self.name}-writer") if self.module.serializes_writes else None
+        self._writer = Lane(1, f"pkcs11-{self.name}-writer", spread=True) if self.module.serializes_writes else None
         # SoftHSM2: one process per token makes the object changes, the others send theirs
         # there (writerelay.py).
         self._relay: WriterRelay | None = None
@@ -538,7 +538,9 @@ class Token:
                     return made
                 maybe_made = False
             if relay.leading():
-                return getattr(self, name)(*args, **kwargs)
+                # Every worker's changes are made by this one: not only on its own CPU (lanes.py).
+                with spread_while():
+                    return getattr(self, name)(*args, **kwargs)
             try:
                 result = relay.call(name, args, kwargs)
             except (NoWriter, WriterLost) as exc:

@@ -39,6 +39,7 @@ from typing import Any, Callable
 
 from .. import errors
 from . import types
+from .lanes import spread_out
 
 log = logging.getLogger("gateway.token")
 
@@ -147,6 +148,7 @@ class _Server:
         threading.Thread(target=self._accept, name="pkcs11-writer-accept", daemon=True).start()
 
     def _accept(self) -> None:
+        spread_out()  # inherited by the call threads: every worker's writes run here
         while not self._closed:
             try:
                 conn, _ = self._sock.accept()
