@@ -4,8 +4,10 @@
 HEM body ``{"kid", "pubkey"}``, in processes sharing the port (``SO_REUSEPORT``)
 as the gateway's workers do: aiohttp over TLS with the same certificate, JSON
 in and out, and the same adapter call on the token's worker threads
-(``Token.ecdh_secret`` through ``Token.run``).  Nothing else: no bearer check,
-no audit record, no access log, no metrics, no middlewares.
+(``Token.ecdh_secret`` through ``Token.run``), each process kept to one CPU
+where the gateway's workers are (``server.cpu_affinity = "auto"``).  Nothing
+else: no bearer check, no audit record, no access log, no metrics, no
+middlewares.
 
 Measured in the same round as the raw loop and the gateway, it splits the
 gateway's gap to the raw loop into what HTTPS and threads in Python cost on this
@@ -31,6 +33,8 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.server import worker_cpus
+
 READY_SECONDS = 30.0
 
 
@@ -51,8 +55,11 @@ def _app(token: Any) -> web.Application:
 
 def _serve(args: argparse.Namespace) -> None:
     from gateway.token import Token
+    from gateway.token.lanes import keep_to_cpus
     from gateway.token.settings import TokenSettings
 
+    if args.cpu is not None:
+        keep_to_cpus({args.cpu})  # as a placed gateway worker does (gateway/server.py, run_worker)
     settings = TokenSettings(name="bare", module=args.module, label=args.label, pin=os.environ[args.pin_env],
                              environment=dict(e.split("=", 1) for e in args.env), sessions=args.sessions)
     token = Token(settings)
@@ -63,6 +70,10 @@ def _serve(args: argparse.Namespace) -> None:
                     access_log=None, print=None, handle_signals=True)
     finally:
         token.close()
+
+
+def _cpu_args(cpus: set[int] | None) -> list[str]:
+    return [] if cpus is None else ["--cpu", str(min(cpus))]
 
 
 class BareServer:
@@ -77,9 +88,11 @@ class BareServer:
         repo = Path(__file__).resolve().parents[2]
         self.port = port
         self.log_path = log_path
+        allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
         with log_path.open("ab") as log:
-            self.procs = [subprocess.Popen(args, cwd=repo, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-                          for _ in range(workers)]
+            self.procs = [subprocess.Popen([*args, *_cpu_args(worker_cpus(slot, workers, allowed))], cwd=repo, env=env,
+                                           stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                          for slot in range(workers)]
         self._wait_ready()
 
     @property
@@ -143,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pin-env", required=True)
     p.add_argument("--sessions", type=int, default=4)
     p.add_argument("--env", action="append", default=[], help="NAME=VALUE set before the module loads")
+    p.add_argument("--cpu", type=int, help="keep to this CPU (what the gateway's supervisor picks for a worker)")
     _serve(p.parse_args(argv))
 
 

@@ -141,7 +141,8 @@ def markdown(run: GatewayRun, md_table: Any) -> list[str]:
         "## Through the gateway: `gateway serve --workers 2` under wrk, against the raw loop",
         "",
         f"`gateway serve --workers {run.workers}` (sessions = {run.sessions} per worker and token, logging level "
-        f"`{run.log_level}` with JSON access logs, HEM audit trail on) on a fresh SoftHSM2 token and a fresh NSS",
+        f"`{run.log_level}` with JSON access logs, HEM audit trail on, default `server.cpu_affinity`: with as many",
+        "workers as CPUs each keeps to one, see docs/operations.md) on a fresh SoftHSM2 token and a fresh NSS",
         "database, driven by Debian's `wrk` over HTTPS (keep-alive connections; `-t 2`, `-t 1` at concurrency 1)",
         "with a Lua script for the method, body and bearer token. The raw loop is a single-threaded",
         "python-pkcs11 process doing the minimum token work for the same result, on the same token, in the",
@@ -292,7 +293,8 @@ def why_missed(run: GatewayRun, ts: list[Target]) -> list[str]:
         if 16 in ecdh.bare and ecdh.bare[16]:
             bare_cpu = run.cpu.get(f"{HEM_ECDH}@16-bare", float("nan"))
             out += [
-                "The bare HTTPS server of the same round (`bench/gw/bare.py`: aiohttp over TLS in as many processes,",
+                "The bare HTTPS server of the same round (`bench/gw/bare.py`: aiohttp over TLS in as many processes, placed",
+                "on the CPUs as the workers are,",
                 "JSON in and out, the same adapter call on the token's threads; no bearer check, audit record,",
                 f"access log, metrics or middlewares) reaches {ecdh.bare_ratio(16):.2f} of the raw loop at "
                 f"{bare_cpu:.2f} ms of CPU per request,",
@@ -347,6 +349,12 @@ def why_missed(run: GatewayRun, ts: list[Target]) -> list[str]:
             "the shared metric files in one update per bucket, at least every second (about 7% of the samples);",
             "the access line written out without a dict or JSONEncoder (7.5 to 2.9 µs) and each audit record's",
             "canonical form without a dict and a sort (7.1 to 3.6 µs). Partial runs after these: 0.89-1.02.",
+            "Then (2026-12-04, evening): each worker keeps to one CPU with its event loop, audit thread and token",
+            "threads (`server.cpu_affinity`), so that handing a call over wakes a thread on the same CPU instead of",
+            "interrupting the other one; token threads whose calls average over 1 ms, and SoftHSM2's writer, use",
+            "both CPUs. Measured per thread from /proc in 5 s windows: 0.48-0.54 to 0.44-0.47 ms of CPU per",
+            "request, the token threads' voluntary context switches from 0.90 to 0.45 per request; partial runs",
+            "1.05-1.08.",
             "Tried without a change beyond the noise: uvloop as the event loop (again after the changes above),",
             "one or two sessions per worker instead of four, request ids without a read of the kernel's random",
             "source, a shorter GIL switch interval, and ctypes calls that keep the GIL.",
