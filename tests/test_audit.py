@@ -303,3 +303,20 @@ def test_a_records_canonical_form_is_written_out_as_json_would_sort_and_escape_i
         )
         seq = rng.randrange(1, 1 << 40)
         assert event.canonical(seq) == canonical(event.body(seq)), i
+
+
+def test_a_records_time_is_what_datetime_says_to_the_millisecond() -> None:
+    """_stamp formats the date and time of day once per second; the text is datetime's."""
+    import random
+    from datetime import datetime, timezone
+
+    from gateway.core.audit import _stamp
+
+    rng = random.Random(12)
+    second = 1_796_000_000
+    times = [rng.uniform(0, 4e9) for _ in range(3000)]
+    times += [second + f for f in (0.0, 0.0004994, 0.0005, 0.9994999, 0.9995, 0.9999994, 0.9999995, 0.99999999)]
+    times += sorted(second + rng.random() * 3 for _ in range(3000))  # the same second again and again
+    for when in times:
+        expected = datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert _stamp(when) == expected, repr(when)

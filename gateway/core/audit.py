@@ -148,8 +148,22 @@ _str: Final = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
 def _stamp(when: float) -> str:
-    """``2026-12-04T16:53:45.289Z``: UTC, milliseconds."""
-    return datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """``2026-12-04T16:53:45.289Z``: UTC, milliseconds; what ``datetime.fromtimestamp(when,
+    timezone.utc).isoformat(timespec="milliseconds")`` says, with the date and time of day
+    formatted once per second (every record of every request is stamped)."""
+    global _second
+    second, frac = int(when), when % 1.0
+    micros = round(frac * 1e6)  # as datetime rounds: half to even, to microseconds
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    cached, text = _second
+    if cached != second:
+        text = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        _second = (second, text)  # one tuple: another thread sees the old pair or the new one
+    return f"{text}.{micros // 1000:03d}Z"
+
+
+_second: tuple[int, str] = (-1, "")
 
 
 @dataclass(frozen=True)
