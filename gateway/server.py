@@ -227,8 +227,9 @@ def worker_cpus(slot: int, workers: int, allowed: set[int]) -> set[int] | None:
     thread on another CPU, the wake-up is an inter-processor interrupt (a VM
     exit on a virtual machine) and the data moves between caches.  Kept on
     one CPU, the threads of a worker take turns there.  Measured on
-    ``gw-hem-ecdh`` (c=16, two workers, two CPUs): about 10% less CPU per
-    request and half the token threads' context switches (docs/benchmarks.md).
+    ``gw-hem-ecdh`` (c=16, two workers, two CPUs; per thread from /proc, 5 s
+    windows): about 10% less CPU per request and half the token threads'
+    context switches.
 
     Only when every CPU gets the same number of workers (workers a multiple of
     the CPUs this process may use): with fewer workers than CPUs, a worker's

@@ -257,14 +257,21 @@ def test_two_workers_on_two_cpus_keep_to_one_cpu_each(tmp_path: Path) -> None:
     setup = make_setup(tmp_path)
     with running(setup, "--workers", "2", cpus=set(two)) as server:
         pids = _two_pids(setup)
-        placed: dict[int, frozenset[int]] = {}
-        for pid in pids:
-            (placed[pid],) = {frozenset(os.sched_getaffinity(pid))}  # the worker's main thread
-            assert len(placed[pid]) == 1
-            threads = [frozenset(os.sched_getaffinity(int(tid))) for tid in os.listdir(f"/proc/{pid}/task")]
-            assert set(threads) <= {placed[pid], two}
-            assert threads.count(placed[pid]) >= 6  # the event loop, 4 token threads, the audit thread
-        assert frozenset().union(*placed.values()) == two
+        placed = {pid: frozenset(os.sched_getaffinity(pid)) for pid in pids}  # the workers' main threads
+        assert all(len(cpus) == 1 for cpus in placed.values()) and frozenset().union(*placed.values()) == two
+        deadline = time.monotonic() + 30
+        while True:
+            threads = {pid: [frozenset(os.sched_getaffinity(int(tid))) for tid in os.listdir(f"/proc/{pid}/task")]
+                       for pid in pids}
+            assert all(set(sets) <= {placed[pid], two} for pid, sets in threads.items()), threads
+            # The event loop, 4 token threads and the audit thread.  A token thread that made
+            # long calls at start (creating the deployment's keys) may use both CPUs until its
+            # calls are short again: short token calls (/readyz) bring it back.
+            if all(sets.count(placed[pid]) >= 6 for pid, sets in threads.items()):
+                break
+            assert time.monotonic() < deadline, threads
+            for _ in range(20):
+                request(setup, "GET", "/readyz")
         assert _cpus_of(server.proc.pid) == {two}
 
         victim = min(pids)

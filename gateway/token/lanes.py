@@ -142,8 +142,8 @@ class _Placement:
     short, on every CPU while they are long.
 
     Handing a short call (ECDH on SoftHSM2: about 0.15 ms) to a thread on the
-    event loop's CPU saves a cross-CPU wake-up, which costs about as much as the
-    call.  A long call (storing a key on SoftHSM2: milliseconds of file work, or a
+    event loop's CPU saves a cross-CPU wake-up, a sizeable part of what the
+    hand-over costs.  A long call (storing a key on SoftHSM2: milliseconds of file work, or a
     lookup after another process's write) gains nothing from that, and with
     every lane thread on one CPU such calls queue there while the other CPU
     idles: derive-and-store at c=16 fell from 2.1 to 1.5-1.8 of the raw loop
