@@ -354,10 +354,15 @@ def why_missed(run: GatewayRun, ts: list[Target]) -> list[str]:
             "interrupting the other one; token threads whose calls average over 1 ms, and SoftHSM2's writer, use",
             "both CPUs. Measured per thread from /proc in 5 s windows: 0.48-0.54 to 0.44-0.47 ms of CPU per",
             "request, the token threads' voluntary context switches from 0.90 to 0.45 per request; partial runs",
-            "1.05-1.08.",
+            "1.05-1.08, and after the derive case 0.99 (0.90-1.10); full `make bench` runs 1.00 and 0.97.",
+            "The same windows with the audit trail switched off (before the placement): 0.39 ms of CPU per",
+            "request and 1.08-1.19 of the raw loop: the audit record every request waits for is still the largest",
+            "part of the gateway's own work.",
             "Tried without a change beyond the noise: uvloop as the event loop (again after the changes above),",
-            "one or two sessions per worker instead of four, request ids without a read of the kernel's random",
-            "source, a shorter GIL switch interval, and ctypes calls that keep the GIL.",
+            "one or two sessions per worker instead of four (and one token thread per worker with the placement:",
+            "0.52 against 0.49 ms of CPU per request), request ids without a read of the kernel's random source,",
+            "a shorter GIL switch interval, ctypes calls that keep the GIL, and a Z template of 7 attributes",
+            "instead of 16 (adapter `ecdh_secret` 148.0 against 149.6 µs, medians of 8).",
             "",
         ]
     if run.scale is not None and any(w.startswith("HEM derive with") for w in missed):
