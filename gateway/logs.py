@@ -185,6 +185,18 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().close()
 
 
+# os.getpid() is a system call each time; access lines read this, kept right across forks.
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)  # once per process, not once per AccessLog
+
+
 class AccessLog:
     """Writes the access line of each answered request (``gateway.access`` at INFO).
 
@@ -204,11 +216,6 @@ class AccessLog:
         self._root = logging.getLogger()
         self._second = -1
         self._second_text = ""
-        self._pid = os.getpid()  # os.getpid() is a system call each time
-        os.register_at_fork(after_in_child=self._forked)
-
-    def _forked(self) -> None:
-        self._pid = os.getpid()
 
     def _direct_sink(self) -> LineHandler | None:
         logger, root = self._logger, self._root
@@ -234,7 +241,7 @@ class AccessLog:
         # building a dict for JSONEncoder cost more than the rest of the line.
         rid = f'"request_id": {_json_str(request_id)}, ' if request_id else ""
         sink.hold_access_line(
-            f'{{"ts": "{self._stamp(time.time())}", "level": "info", "logger": "{ACCESS_LOGGER}", "pid": {self._pid}, '
+            f'{{"ts": "{self._stamp(time.time())}", "level": "info", "logger": "{ACCESS_LOGGER}", "pid": {_pid}, '
             f'"msg": {_json_str(f"{method} {path} {status}")}, {rid}"method": {_json_str(method)}, '
             f'"path": {_json_str(path)}, "route": {_json_str(route)}, "status": {int(status)}, '
             f'"duration_ms": {float(duration_ms)!r}, "remote": {"null" if remote is None else _json_str(remote)}}}')

@@ -167,3 +167,34 @@ def test_access_lines_built_directly_match_the_logging_path(root_logging: loggin
     assert access._direct_sink() is None  # access lines are INFO: not written at all
     access.write("GET", "/c", "/c", 200, 0.5, None, None)
     assert written() == []
+
+
+def test_an_access_line_after_a_fork_names_the_child(root_logging: logging.Logger) -> None:
+    """The pid access lines carry is kept between lines (a system call each time otherwise) and is
+    refreshed in a forked child, by one fork handler for the process however many AccessLogs exist."""
+    import os
+
+    stream = io.StringIO()
+    setup_logging("info", "json", stream)
+    access = AccessLog()
+    for _ in range(3):
+        AccessLog()
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        code = 1
+        try:
+            access.write("GET", "/x", "/x", 200, 1.0, None, None)
+            logging.getLogger().handlers[0].flush()
+            os.write(write_end, stream.getvalue().encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        written = pipe.read().decode()
+    assert os.waitpid(child, 0)[1] == 0
+    assert json.loads(written.splitlines()[0])["pid"] == child
+    access.write("GET", "/x", "/x", 200, 1.0, None, None)
+    logging.getLogger().handlers[0].flush()
+    assert json.loads(stream.getvalue().splitlines()[-1])["pid"] == os.getpid()

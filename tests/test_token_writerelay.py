@@ -226,6 +226,29 @@ def test_a_writer_that_dies_half_way_through_a_new_secret_fails_the_call_and_its
         hsm._relay = writerelay.WriterRelay(hsm._relay.lock_path.with_suffix(""), hsm._serve_relayed)  # type: ignore[union-attr]
 
 
+def test_a_key_pair_counts_as_made_only_with_both_halves_whole(hsm: Token) -> None:
+    """What a caller finds under the kid of a generate_keypair its writer died in: a public key
+    alone (the writer was killed between the two halves) is not the pair (503 and swept, as a
+    secret without its check value); a whole pair is taken as made."""
+    kid = os.urandom(16)
+    assert hsm._call(hsm._left_by_writer(kid, CKO.PRIVATE_KEY)) == (None, True)  # nothing: not made
+    _, forms = software_peer(Curve.P256)
+    hsm.import_public_key(kid, "half pair", Curve.P256, forms["uncompressed"])
+    try:
+        assert hsm._call(hsm._left_by_writer(kid, CKO.PRIVATE_KEY)) == (None, False)
+        found, whole = hsm._call(hsm._left_by_writer(kid, CKO.PUBLIC_KEY))  # as an imported public key: made
+        assert whole and found is not None and found.kid == kid
+    finally:
+        hsm.destroy(kid)
+    pair = os.urandom(16)
+    hsm.generate_keypair(pair, "pair", Curve.P256, Usage(derive=True))
+    try:
+        found, whole = hsm._call(hsm._left_by_writer(pair, CKO.PRIVATE_KEY))
+        assert whole and found is not None and found.kid == pair and found.key_class is KeyClass.PRIVATE
+    finally:
+        hsm.destroy(pair)
+
+
 def test_derives_into_session_objects_stay_in_their_process(hsm: Token) -> None:
     session_spec = SecretSpec(b"k", "s", SecretType.AES, 32, token=False)
     stored_spec = SecretSpec(b"k", "s", SecretType.AES, 32)

@@ -570,10 +570,11 @@ class Token:
             kid = self._created_kid(name, bound)
             found, whole = self._call(self._left_by_writer(kid, made[1]))
             if not whole:
-                # SoftHSM2 (the only module with a writer) stores a new secret's value and check
-                # value in a second write of the object's file: a writer killed between the two
-                # leaves an object with the kid and no value, which is not a key (make test,
-                # stress fault (b), 2026-12-04).  It is swept; the call fails and may be retried.
+                # SoftHSM2 (the only module with a writer) stores a new key's material in a second
+                # write of the object's file (and a pair's halves one after the other): a writer
+                # killed between them leaves an object with the kid that is not the key (make test,
+                # stress fault (b), 2026-12-04; _left_by_writer).  It is swept; the call fails and
+                # may be retried.
                 self._sweep_later(name, args, kwargs)
                 raise TokenUnavailable(f"token {self.name!r}: the process that changes its objects died while "
                                        f"making key {kid.hex()}; nothing was kept, try again")
@@ -997,19 +998,41 @@ class Token:
     def _left_by_writer(self, kid: bytes, cls: int) -> Callable[[Session], tuple[KeyInfo | None, bool]]:
         """(the key ``kid`` of class ``cls``, or None; whether what is there is whole), in one scan.
 
-        A secret is whole once it has a CKA_CHECK_VALUE: SoftHSM2 writes it with the value.
+        SoftHSM2 makes a new key in two writes of its object file: the object with
+        the template's attributes, then the key material.  A secret is whole once it
+        has a CKA_CHECK_VALUE (written with the value).  A key pair is whole when both
+        halves are there, the private key with its CKA_EC_PARAMS and the public key
+        with its CKA_EC_POINT (each written with the key material); a public key
+        alone is what a writer killed between the two halves leaves.
         """
+        pair = cls == CKO.PRIVATE_KEY
+
+        def has(session: Session, handle: int, attr: int) -> bool:
+            try:
+                return bool(self._read_one(session.handle, handle, attr, 256))
+            except CKRError:
+                return False
+
         def check(session: Session) -> tuple[KeyInfo | None, bool]:
-            found = self._find(session.handle, {CKA.TOKEN: True, CKA.CLASS: cls, CKA.ID: kid}, 1)
-            if not found:
+            found = self._find(session.handle, {CKA.TOKEN: True, CKA.ID: kid}, 8)
+            by_class: dict[int, list[int]] = {}
+            for handle in found:
+                value = self._read_one(session.handle, handle, CKA.CLASS, ctypes.sizeof(c_ulong))
+                if value:
+                    by_class.setdefault(_ulong(value), []).append(handle)
+            mine = by_class.get(cls, [])
+            public = by_class.get(CKO.PUBLIC_KEY, []) if pair else []
+            if not mine and not public:
                 return None, True
             if cls == CKO.SECRET_KEY:
-                try:
-                    whole = bool(self._read_one(session.handle, found[0], CKA.CHECK_VALUE, 16))
-                except CKRError:
-                    whole = False
-                if not whole:
-                    return None, False
+                whole = has(session, mine[0], CKA.CHECK_VALUE)
+            elif pair:
+                whole = (len(mine) == 1 and len(public) == 1 and has(session, mine[0], CKA.EC_PARAMS)
+                         and has(session, public[0], CKA.EC_POINT))
+            else:
+                whole = True
+            if not whole:
+                return None, False
             return self._info(session.handle, kid), True
         return check
 
