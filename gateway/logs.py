@@ -19,8 +19,9 @@ import sys
 import threading
 import time
 from contextvars import ContextVar
-from datetime import datetime, timezone
 from typing import Any, Final, TextIO
+
+from gateway.timestamps import utc_millis
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 
@@ -63,7 +64,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "ts": utc_millis(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "pid": record.process,
@@ -214,8 +215,6 @@ class AccessLog:
     def __init__(self) -> None:
         self._logger = logging.getLogger(ACCESS_LOGGER)
         self._root = logging.getLogger()
-        self._second = -1
-        self._second_text = ""
 
     def _direct_sink(self) -> LineHandler | None:
         logger, root = self._logger, self._root
@@ -241,19 +240,10 @@ class AccessLog:
         # building a dict for JSONEncoder cost more than the rest of the line.
         rid = f'"request_id": {_json_str(request_id)}, ' if request_id else ""
         sink.hold_access_line(
-            f'{{"ts": "{self._stamp(time.time())}", "level": "info", "logger": "{ACCESS_LOGGER}", "pid": {_pid}, '
+            f'{{"ts": "{utc_millis(time.time())}", "level": "info", "logger": "{ACCESS_LOGGER}", "pid": {_pid}, '
             f'"msg": {_json_str(f"{method} {path} {status}")}, {rid}"method": {_json_str(method)}, '
             f'"path": {_json_str(path)}, "route": {_json_str(route)}, "status": {int(status)}, '
             f'"duration_ms": {float(duration_ms)!r}, "remote": {"null" if remote is None else _json_str(remote)}}}')
-
-    def _stamp(self, now: float) -> str:
-        """``datetime.fromtimestamp(now, utc).isoformat(timespec="milliseconds")``, the seconds
-        formatted once per second."""
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._second_text = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-        return f"{self._second_text}.{int((now - second) * 1000):03d}+00:00"
 
 
 def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:

@@ -306,7 +306,7 @@ def test_a_records_canonical_form_is_written_out_as_json_would_sort_and_escape_i
 
 
 def test_a_records_time_is_what_datetime_says_to_the_millisecond() -> None:
-    """_stamp formats the date and time of day once per second; the text is datetime's."""
+    """_stamp (gateway.timestamps) formats the date and time of day once per second; the text is datetime's."""
     import random
     from datetime import datetime, timezone
 

@@ -55,12 +55,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway.core.system_keys import ensure_system_key, find_system_key
 from gateway.errors import NotFound, Unsupported
+from gateway.timestamps import utc_millis
 from gateway.token.lanes import Lane
 
 if TYPE_CHECKING:
@@ -148,22 +148,8 @@ _str: Final = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
 def _stamp(when: float) -> str:
-    """``2026-12-04T16:53:45.289Z``: UTC, milliseconds; what ``datetime.fromtimestamp(when,
-    timezone.utc).isoformat(timespec="milliseconds")`` says, with the date and time of day
-    formatted once per second (every record of every request is stamped)."""
-    global _second
-    second, frac = int(when), when % 1.0
-    micros = round(frac * 1e6)  # as datetime rounds: half to even, to microseconds
-    if micros >= 1_000_000:
-        second, micros = second + 1, micros - 1_000_000
-    cached, text = _second
-    if cached != second:
-        text = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-        _second = (second, text)  # one tuple: another thread sees the old pair or the new one
-    return f"{text}.{micros // 1000:03d}Z"
-
-
-_second: tuple[int, str] = (-1, "")
+    """``2026-12-04T16:53:45.289Z``: UTC, milliseconds."""
+    return utc_millis(when, "Z")
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,12 @@ def keep_to_cpus(cpus: set[int]) -> None:
     _spread_cpus = before
 
 
+def _set_cpus(cpus: set[int]) -> None:
+    """The calling thread's CPUs (a refusal leaves them as they were: placement is an optimisation)."""
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, cpus)
+
+
 def spread_out() -> None:
     """Let the calling thread use every CPU the process could before :func:`keep_to_cpus`.
 
@@ -114,10 +120,7 @@ def spread_out() -> None:
     every worker: kept to one worker's CPU, all the token's writes would queue there.
     """
     if _spread_cpus is not None:
-        try:
-            os.sched_setaffinity(0, _spread_cpus)
-        except OSError:
-            pass
+        _set_cpus(_spread_cpus)
 
 
 @contextlib.contextmanager
@@ -131,10 +134,7 @@ def spread_while() -> Iterator[None]:
     try:
         yield
     finally:
-        try:
-            os.sched_setaffinity(0, mine)
-        except OSError:
-            pass
+        _set_cpus(mine)
 
 
 class _Placement:
@@ -143,12 +143,13 @@ class _Placement:
 
     Handing a short call (ECDH on SoftHSM2: about 0.15 ms) to a thread on the
     event loop's CPU saves a cross-CPU wake-up, a sizeable part of what the
-    hand-over costs.  A long call (storing a key on SoftHSM2: milliseconds of file work, or a
-    lookup after another process's write) gains nothing from that, and with
-    every lane thread on one CPU such calls queue there while the other CPU
-    idles: derive-and-store at c=16 fell from 2.1 to 1.5-1.8 of the raw loop
-    with every thread kept (``make bench``, ``gw-hem-derive``).  So each lane
-    thread follows the running average of its own calls, with hysteresis.
+    hand-over costs.  A long call (storing a key on SoftHSM2: milliseconds of
+    file work, or a lookup after another process's write) gains nothing from
+    that, and with every lane thread on one CPU such calls queue there while
+    the other CPU idles: derive-and-store at c=16 fell from 2.1 to 1.5-1.8 of
+    the raw loop with every thread kept (partial ``make bench`` runs,
+    ``gw-hem-derive``).  So each lane thread follows the running average of
+    its own calls, with hysteresis.
     """
 
     SPREAD_ABOVE: Final = 0.001  # seconds, average call time
@@ -167,8 +168,7 @@ class _Placement:
             spread_out()
         elif self.spread and self.average < self.KEEP_BELOW:
             self.spread = False
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(0, self.home)
+            _set_cpus(self.home)
 
 
 class Lane:
@@ -209,7 +209,7 @@ class Lane:
             call, future, answers = job
             if future.done():  # cancelled while queued: never start it
                 continue
-            started = time.perf_counter()
+            started = time.perf_counter() if placement is not None else 0.0
             try:
                 result = call()
             except BaseException as exc:  # noqa: BLE001 - the caller gets it
