@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from gateway.core.audit import AuditEvent, AuditResult
+from gateway.core.audit import AuditEvent, AuditLog, AuditResult
 from gateway.core.hem.access import Operation, Principal, check
 from gateway.core.hem.events import LogType
 from gateway.core.hem.meta import parse_kid
@@ -112,10 +112,12 @@ def _count(event: LogType, status: int) -> None:
 
 
 async def _record(request: web.Request, event: LogType, status: int, principal: Principal | None,
-                  kids: list[str], detail: str) -> None:
+                  kids: list[str], detail: str, audit: AuditLog | None = None) -> None:
+    """``audit``: the log, where the call already has it (else it is looked up, and opened if need be)."""
     _count(event, status)
     try:
-        audit = await audit_log(request.app)
+        if audit is None:
+            audit = await audit_log(request.app)
         await audit.record(AuditEvent(
             event=event.label, code=event.code, result=AuditResult.for_status(status), status=status,
             subject=principal.subject if principal is not None else "-", kids=tuple(kids),
@@ -132,13 +134,14 @@ def protected(event: LogType, operation: Operation, kid_source: KidSource | None
         async def serve(request: web.Request) -> web.Response:
             principal: Principal | None = None
             call: Call | None = None
+            audit: AuditLog | None = None
             kids: list[str] = []
             detail = ""
             try:
                 if not is_secure(request):
                     raise TlsRequired("TLS connection required: call this API over HTTPS")
                 service = await hem_service(request.app)
-                await audit_log(request.app)  # nothing runs unaudited
+                audit = await audit_log(request.app)  # nothing runs unaudited
                 principal = await service.auth.authenticate(request.headers.get("Authorization"))
                 if kid_source is None:
                     check(principal, operation)
@@ -163,7 +166,7 @@ def protected(event: LogType, operation: Operation, kid_source: KidSource | None
                 response = web.json_response({"message": "internal error"}, status=500)
             if call is not None:
                 kids = call.kids
-            await _record(request, _event_for(status, event), status, principal, kids, detail)
+            await _record(request, _event_for(status, event), status, principal, kids, detail, audit)
             return response
 
         return serve

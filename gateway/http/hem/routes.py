@@ -25,8 +25,11 @@ MAX_LOG_IDS = 128
 def _note_kids(call: Call, *names: str) -> None:
     """Remember the request's kids for the audit record, where they are well formed."""
     for name in names:
+        value = call.body.get(name)
+        if value is None:  # absent: the common case, and no exception to build and drop
+            continue
         try:
-            call.add_kid(parse_kid(call.body.get(name)))
+            call.add_kid(parse_kid(value))
         except InvalidInput:
             pass
 
