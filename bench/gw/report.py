@@ -64,6 +64,9 @@ class Target:
         return f"{self.what}: {self.detail} (target {self.goal}) - {state}"
 
 
+ECDH_TARGET = 1.0  # /api/crypto/ecdh at c=16, against the raw single-process loop
+
+
 def targets(run: GatewayRun) -> list[Target]:
     """Issue 6's targets with the measured figures of this run."""
     out: list[Target] = []
@@ -75,7 +78,8 @@ def targets(run: GatewayRun) -> list[Target]:
                           f"{_num(median_sample(derive.raw).ops_per_s)} ops/s)"))
     if ecdh is not None and 16 in ecdh.gateway:
         r = ecdh.ratio(16)
-        out.append(Target("/api/crypto/ecdh at c=16", ">= 1.00 of the raw single-process loop", r, r >= 1.0,
+        out.append(Target("/api/crypto/ecdh at c=16", f">= {ECDH_TARGET:.2f} of the raw single-process loop", r,
+                          r >= ECDH_TARGET,
                           f"{r:.2f} of the raw loop ({_num(median_run(ecdh.gateway[16]).ops_per_s)} vs "
                           f"{_num(median_sample(ecdh.raw).ops_per_s)} ops/s)"))
     if run.scale is not None:
@@ -278,13 +282,26 @@ def chart(axes: list[Any], run: GatewayRun) -> None:
 
 
 def why_missed(run: GatewayRun, ts: list[Target]) -> list[str]:
-    """What stands behind each missed target (the analysis of issue 6; figures from this run)."""
+    """What stands behind each missed target (the analysis of issue 6; figures from this run).
+
+    The ECDH target's analysis also stands where the target was met while one of the rounds
+    missed it: then the ratio is at the machine's noise line, and a reader must see that."""
     missed = {t.what for t in ts if not t.met}
     out: list[str] = []
     ecdh = run.case(HEM_ECDH)
-    if ecdh is not None and any(w.startswith("/api/crypto/ecdh") for w in missed):
+    ecdh_missed = any(w.startswith("/api/crypto/ecdh") for w in missed)
+    if ecdh is not None and 16 in ecdh.gateway and (ecdh_missed or ecdh.ratio_range(16)[0] < ECDH_TARGET):
         cpu = run.cpu.get(f"{HEM_ECDH}@16", float("nan"))
         raw = median_sample(ecdh.raw)
+        if not ecdh_missed:
+            low, high = ecdh.ratio_range(16)
+            out += [
+                f"**ECDH at c=16: met in this run, at the noise line.** The median round reached "
+                f"{ecdh.ratio(16):.2f} of the raw loop, but the rounds ranged {low:.2f}-{high:.2f}, and full runs on",
+                "the same code have landed on either side of 1.0 (listed below). What follows is where the",
+                "gateway's time goes, as for a missed target.",
+                "",
+            ]
         out += [
             f"**ECDH at c=16.** The two workers spend {cpu:.2f} ms of CPU per answered request, all threads and the",
             f"token's own work included; the raw loop needs {1000 / raw.ops_per_s:.2f} ms per operation in one process. With",
@@ -355,7 +372,8 @@ def why_missed(run: GatewayRun, ts: list[Target]) -> list[str]:
             "both CPUs. Measured per thread from /proc in 5 s windows: 0.48-0.54 to 0.44-0.47 ms of CPU per",
             "request, the token threads' voluntary context switches from 0.90 to 0.45 per request; partial runs",
             "1.05-1.08, and after the derive case 0.99 (0.90-1.10); full `make bench` runs (18:56, 19:31, 19:57)",
-            "1.00, 0.97 and 0.91.",
+            "1.00, 0.97 and 0.91, and at 21:58, with no change on this path but two small ones in the HEM",
+            "guard, 1.06 (rounds 0.90-1.10).",
             "The same windows with the audit trail switched off (before the placement): 0.39 ms of CPU per",
             "request and 1.08-1.19 of the raw loop: the audit record every request waits for is still the largest",
             "part of the gateway's own work.",
