@@ -35,7 +35,6 @@ from bench.gw.client import Client, p256_peer, vault_jwt
 from bench.gw.profile import summarize as profile_summary
 from bench.gw.results import LOOP_THREAD, GatewayCase, GatewayRun, MemoryResult, ScaleResult, WorkerMemory
 from bench.gw.server import GatewayProcess, GatewaySetup, TokenEntry, free_port, make_setup, rss_kib
-from bench.timing import Sample
 from bench.tokens import BenchToken
 from gateway.logs import ACCESS_FLUSH_SECONDS
 from gateway.tls import ensure_dev_tls

@@ -419,7 +419,7 @@ def why_missed(run: GatewayRun, ts: list[Target]) -> list[str]:
     if vault is not None and any(w.startswith(vault.name) for w in missed):
         worst = max((r.p99_ms / r.p50_ms for r in vault.raw if r.p50_ms > 0), default=float("nan"))
         out += [
-            f"**Vault derive tail.** NSS softoken keeps keys in one SQLite database that the two workers share: each",
+            "**Vault derive tail.** NSS softoken keeps keys in one SQLite database that the two workers share: each",
             f"stored key costs it about {1000 / median_sample(vault.raw).ops_per_s:.0f} ms (the raw loop's time per derive, mostly CPU), one process",
             "writes at a time and the other waits and retries. The raw loop, alone on the database, has stalls too (its worst round's",
             f"p99/p50 is {worst:.1f} in this run); under concurrency every stall holds up the requests queued behind it.",

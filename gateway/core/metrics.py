@@ -27,7 +27,6 @@ from __future__ import annotations
 import bisect
 import os
 import threading
-import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 

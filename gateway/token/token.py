@@ -6,7 +6,6 @@ Every public method here blocks on the token; call them from worker threads
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
 import ctypes

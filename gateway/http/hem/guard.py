@@ -28,7 +28,7 @@ from gateway.core.audit import AuditEvent, AuditLog, AuditResult
 from gateway.core.hem.access import Operation, Principal, check
 from gateway.core.hem.events import LogType
 from gateway.core.hem.meta import parse_kid
-from gateway.errors import GatewayError, InvalidInput, TlsRequired, TokenUnavailable
+from gateway.errors import GatewayError, InvalidInput, TlsRequired
 from gateway.http.audit import audit_log, request_id
 from gateway.http.errors import Dialect, error_response
 from gateway.http.hem.state import hem_service
